@@ -8,6 +8,8 @@ value of the wrong type is a one-line ``ConfigError`` naming the key, never a tr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import os
 import secrets
 import tomllib
@@ -197,6 +199,11 @@ class Settings:
     @property
     def secret_bytes(self) -> bytes:
         return (self.security.secret or "maild-insecure-default-secret").encode()
+
+    @property
+    def loop_token(self) -> str:
+        """Value of our ``X-Maild-Loop`` header: own mail coming back is recognised by it (RELIABILITY L4)."""
+        return hmac.new(self.secret_bytes, b"loop:" + self.mail_domain.encode(), hashlib.sha256).hexdigest()[:20]
 
     def _resolve(self, path: str) -> Path:
         p = Path(path).expanduser()

@@ -96,9 +96,20 @@ class Inbound:
         return self.to + self.cc
 
 
+def unsurrogate(value: str) -> str:
+    """Text without lone surrogates: undecodable 8-bit bytes (kept by the parser as surrogate escapes)
+    are read as UTF-8 where they are, and as U+FFFD where they are not. Stores and JSON need this."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode(
+            "utf-8", "replace").decode("utf-8")
+
+
 def clean_header_text(value: str) -> str:
     """Unfold and drop control characters (CR/LF never survive into anything we re-emit)."""
-    return _CTL_RE.sub(" ", value).strip()
+    return _CTL_RE.sub(" ", unsurrogate(value)).strip()
 
 
 def msgids(value: str | None) -> tuple[str, ...]:
@@ -152,7 +163,13 @@ def _addresses(msg: Message, name: str) -> tuple[list[tuple[str, str]], bool]:
             values.append(_decode_words(str(raw)))
     if not values:
         return [], False
-    pairs = email.utils.getaddresses(values, strict=True)
+    try:
+        try:
+            pairs = email.utils.getaddresses(values, strict=True)
+        except TypeError:  # strict= exists from 3.11.10 on (gh-102988); older 3.11 patch releases lack it
+            pairs = email.utils.getaddresses(values)
+    except (RecursionError, ValueError, IndexError):  # hostile address lists (mimekit stack-overflow.txt)
+        return [], True
     good: list[tuple[str, str]] = []
     bad = False
     for disp, addr in pairs:
@@ -160,7 +177,7 @@ def _addresses(msg: Message, name: str) -> tuple[list[tuple[str, str]], bool]:
         if not addr or "@" not in addr or addr.count("@") != 1 or _CTL_RE.search(addr) or " " in addr:
             bad = True
             continue
-        good.append((clean_header_text(disp), addr.lower()))
+        good.append((clean_header_text(disp), unsurrogate(addr).lower()))
     return good, bad
 
 
@@ -203,11 +220,38 @@ def safe_filename(name: str) -> str:
     return (name or "attachment")[:200]
 
 
+def _message(data: bytes) -> Message:
+    """policy.default where it copes; compat32 (never raises on bad headers) where it does not."""
+    try:
+        return email.message_from_bytes(data, policy=email.policy.default)
+    except Exception:  # e.g. UnicodeDecodeError from a broken iso-2022-jp header (kix corpus)
+        return email.message_from_bytes(data, policy=email.policy.compat32)
+
+
+def _readable(data: bytes) -> bytes:
+    """The bytes as the parser should see them: no UTF-8 BOM, no junk lines before the first header.
+
+    Only the parser's copy is changed; the stored raw bytes stay as received.
+    """
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines = data.split(b"\n", 40)
+    for i, line in enumerate(lines[:40]):
+        if _HEADER_START.match(line):
+            return data if i == 0 else b"\n".join(lines[i:])
+        if not line.strip():
+            break
+    return data
+
+
+_HEADER_START = re.compile(rb"^[!-9;-~]+:")
+
+
 def parse(raw: RawMail) -> Inbound:
     """Read a RawMail. Raises ParseError only when the bytes are not a mail at all."""
     if not raw.data.strip():
         raise ParseError("empty message")
-    msg = email.message_from_bytes(raw.data, policy=email.policy.default)
+    msg = _message(_readable(raw.data))
     if not list(msg.raw_items()):
         raise ParseError("no header section")
 
@@ -216,7 +260,8 @@ def parse(raw: RawMail) -> Inbound:
     message_id = mids[0] if mids else _derived_message_id(raw.data)
 
     froms, _ = _addresses(msg, "from")
-    text, html, attachments, defects = _bodies(msg)
+    text, html, attachments, defects = _bodies_any(msg, raw.data)
+    text, html = unsurrogate(text), unsurrogate(html) if html else None
     if not text and html:
         text = html_to_text(html)
     return Inbound(
@@ -240,6 +285,45 @@ def parse(raw: RawMail) -> Inbound:
         attachments=attachments,
         defects=defects,
     )
+
+
+def _bodies_any(msg: Message, data: bytes) -> tuple[str, str | None, tuple[Attachment, ...], tuple[str, ...]]:
+    """mail-parser's reading; on its failure, again over compat32; then the standard library alone."""
+    try:
+        return _bodies(msg)
+    except Exception:
+        # policy.default's header parser crashes on some legal headers (e.g. on 3.11.7 a group with a
+        # comment, `To: unlisted-recipients:; (no To-header on input)`); mail-parser only needs compat32.
+        pass
+    compat = email.message_from_bytes(_readable(data), policy=email.policy.compat32)
+    try:
+        return _bodies(compat)
+    except Exception:  # mail-parser's epilogue recovery fails on some malformed multiparts
+        log.info("mail-parser could not read the bodies; using the standard library's reading")
+    return _stdlib_bodies(compat)
+
+
+def _stdlib_bodies(msg: Message) -> tuple[str, str | None, tuple[Attachment, ...], tuple[str, ...]]:
+    texts: list[str] = []
+    htmls: list[str] = []
+    attachments: list[Attachment] = []
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        filename = part.get_filename()
+        ctype = part.get_content_type()
+        if filename or part.get_content_disposition() == "attachment":
+            attachments.append(Attachment(safe_filename(str(filename or "attachment")), ctype, data))
+            continue
+        charset = part.get_content_charset() or "utf-8"
+        try:
+            text = data.decode(charset, "replace")
+        except LookupError:
+            text = data.decode("utf-8", "replace")
+        (htmls if ctype == "text/html" else texts).append(text)
+    return "\n".join(texts), "\n".join(htmls) or None, tuple(attachments), ("StdlibFallback",)
 
 
 def _derived_message_id(data: bytes) -> str:

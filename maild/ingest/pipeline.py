@@ -1,16 +1,41 @@
 # SPDX-License-Identifier: MIT
-"""The intake sequence (being written by the lead; interface is stable)."""
+"""The intake sequence: one message from bytes to a recorded decision, written out step by step.
+
+store raw -> parse -> dedupe -> screen -> thread -> authorise -> decide -> apply (+ outbound mail).
+Everything happens in the caller's transaction. The raw bytes are stored first; the rest runs in a
+savepoint, so a message whose processing fails is still kept, in quarantine, and the SMTP 250 stays
+true (RELIABILITY D5).
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from maild import clock
+from maild.cases import add_inbound, follow_duplicates, open_case, record_event, set_status
 from maild.config import Settings
-from maild.enums import Outcome
+from maild.db import transaction
+from maild.directory import primary_mpocs
+from maild.enums import HoldReason, Outcome, Status
+from maild.escalation import escalate, wants_escalation
+from maild.ingest import authorize, bounces
+from maild.ingest.parse import Inbound, ParseError, parse
 from maild.ingest.raw import RawMail
+from maild.ingest.screen import ScreenContext, no_ack_reason, screen
+from maild.lifecycle import CaseState, Decision, decide
+from maild.mail import send
+from maild.models import Case, HeldMessage, Organisation, RawMessage
+from maild.threading import find_case
+from maild.threading.subject import strip_prefixes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -25,11 +50,255 @@ class IngestResult:
                 "reason": self.reason}
 
 
-def ingest(session: Session, raw: RawMail, *, now: datetime, settings: Settings) -> IngestResult:
-    raise NotImplementedError
-
-
-def run_ingest(factory: sessionmaker[Session], settings: Settings, raw: RawMail,
-               now: datetime | None = None) -> IngestResult:
+def run_ingest(
+    factory: sessionmaker[Session], settings: Settings, raw: RawMail, now: datetime | None = None
+) -> IngestResult:
     """One message in its own transaction; returns only after the commit (or raises)."""
-    raise NotImplementedError
+    started = time.monotonic()
+    now = now or clock.now()
+    with transaction(factory) as session:
+        result = ingest(session, raw, now=now, settings=settings)
+    log.info("message %s: %s case=%s (%s) in %.0f ms", result.message_id, result.outcome.value, result.case,
+             result.reason, (time.monotonic() - started) * 1000)
+    return result
+
+
+def ingest(session: Session, raw: RawMail, *, now: datetime, settings: Settings) -> IngestResult:
+    stored, duplicate = store_raw(session, raw, now)
+    if duplicate is not None:
+        return duplicate
+    try:
+        with session.begin_nested():
+            result = process(session, raw, stored, now=now, settings=settings)
+    except Exception as exc:  # the one boundary: keep the bytes, quarantine, report
+        stored.message_id = _message_id_hint(raw)
+        log.exception("message %s: processing failed; quarantined", stored.message_id or stored.sha256[:12])
+        result = hold(session, stored, None, HoldReason.UNPROCESSABLE, f"{type(exc).__name__}: {exc}"[:500],
+                      None, now, settings, reply=False)
+    stored.outcome, stored.reason, stored.case_id = result.outcome.value, result.reason, result.case
+    return result
+
+
+def _message_id_hint(raw: RawMail) -> str | None:
+    try:
+        return parse(raw).message_id[:998]
+    except Exception:
+        return None
+
+
+def store_raw(session: Session, raw: RawMail, now: datetime) -> tuple[RawMessage, IngestResult | None]:
+    """Keep the bytes and envelope; the same copy arriving again is a duplicate (RELIABILITY rule 2)."""
+    key = raw.envelope_key
+    query = select(RawMessage).where(RawMessage.envelope_key == key)
+    if raw.source_key:
+        query = select(RawMessage).where(
+            (RawMessage.envelope_key == key) | (RawMessage.source_key == raw.source_key))
+    existing = session.scalars(query.limit(1)).first()
+    if existing is not None:
+        existing.duplicates += 1
+        return existing, IngestResult(existing.message_id or "", Outcome.DUPLICATE, existing.case_id,
+                                      f"same message already received (raw #{existing.id})")
+    stored = RawMessage(envelope_key=key, sha256=raw.sha256, source=raw.source, source_key=raw.source_key,
+                        mail_from=raw.mail_from, rcpt_tos=list(raw.rcpt_tos), peer=raw.peer, helo=raw.helo,
+                        tls=raw.tls, received_at=raw.received_at or now, size=len(raw.data), data=raw.data)
+    session.add(stored)
+    session.flush()
+    return stored, None
+
+
+def process(session: Session, raw: RawMail, stored: RawMessage, *, now: datetime,
+            settings: Settings) -> IngestResult:
+    try:
+        inbound = parse(raw)
+    except ParseError as exc:
+        return hold(session, stored, None, HoldReason.UNPROCESSABLE, str(exc), None, now, settings, reply=False)
+    stored.message_id = inbound.message_id[:998]
+    earlier = _earlier_copy(session, inbound, stored)
+    if earlier is not None:
+        return earlier
+    skip = screen(inbound, screen_context(settings))
+    if skip is not None:
+        if skip.kind == "bounce":
+            return record_bounce(session, inbound, now, skip.reason)
+        return record_ignored(session, inbound, stored, now, skip.reason)
+    match = find_case(session, inbound, settings)
+    if match is None:
+        return new_conversation(session, inbound, stored, now, settings)
+    case = follow_duplicates(session, match.case)
+    auth = authorize.for_reply(session, inbound, case)
+    if isinstance(auth, authorize.Hold):
+        return hold(session, stored, inbound, auth.reason, auth.detail, auth.organisation, now, settings,
+                    case=case, reply=False)
+    if auth.staff is not None:
+        return staff_mail(session, inbound, stored, case, auth.staff.email, now, settings)
+    decision = decide(CaseState(case.id, Status(case.status), case.closed_at), now=now,
+                      reopen_days=settings.intake.reopen_days)
+    if decision.outcome is Outcome.NEW_LINKED_CASE and not _may_open(auth, inbound, case):
+        return hold(session, stored, inbound, HoldReason.UNAUTHORISED,
+                    f"{inbound.from_addr} may not open a new case (not an MPOC)", auth.organisation, now, settings)
+    return apply(session, decision, case, inbound, stored, auth.organisation, now, settings)
+
+
+def _may_open(auth: authorize.Allowed, inbound: Inbound, case: Case) -> bool:
+    return (auth.contact is not None and auth.contact.is_mpoc) or inbound.from_addr == case.requester
+
+
+def _earlier_copy(session: Session, inbound: Inbound, stored: RawMessage) -> IngestResult | None:
+    """The same Message-ID already processed: a second copy (another route, a resend) changes nothing."""
+    if inbound.message_id_generated:
+        return None
+    row = session.execute(
+        select(RawMessage.id, RawMessage.case_id).where(
+            RawMessage.message_id == stored.message_id, RawMessage.id != stored.id,
+            RawMessage.outcome.is_not(None)).limit(1)).first()
+    if row is None:
+        return None
+    return IngestResult(inbound.message_id, Outcome.DUPLICATE, row.case_id,
+                        f"Message-ID already received (raw #{row.id})")
+
+
+def screen_context(settings: Settings) -> ScreenContext:
+    return ScreenContext(own_addresses=settings.own_addresses, own_domains=frozenset({settings.mail_domain}),
+                         loop_token=settings.loop_token, max_received=settings.intake.max_received,
+                         secret=settings.secret_bytes)
+
+
+def intake_kind(inbound: Inbound, settings: Settings) -> str:
+    """The case kind the intake address implies (support@ technical, macd@, billing@ ...)."""
+    kinds = settings.intake_kinds
+    for addr in (*inbound.raw.rcpt_tos, *inbound.to, *inbound.cc):
+        addr = addr.lower()
+        if addr in kinds:
+            return kinds[addr]
+    return "technical"
+
+
+def new_conversation(session: Session, inbound: Inbound, stored: RawMessage, now: datetime,
+                     settings: Settings) -> IngestResult:
+    auth = authorize.for_new_case(session, inbound)
+    if isinstance(auth, authorize.Hold):
+        return hold(session, stored, inbound, auth.reason, auth.detail, auth.organisation, now, settings)
+    decision = decide(None, now=now)
+    return apply(session, decision, None, inbound, stored, auth.organisation, now, settings)
+
+
+def apply(session: Session, decision: Decision, case: Case | None, inbound: Inbound, stored: RawMessage,
+          org: Organisation | None, now: datetime, settings: Settings) -> IngestResult:
+    """Write the decision and queue the mail it promises, in this transaction."""
+    sender = inbound.from_addr or ""
+    if decision.outcome in (Outcome.NEW_CASE, Outcome.NEW_LINKED_CASE):
+        original = case
+        case = open_case(session, settings, kind=intake_kind(inbound, settings), requester=sender,
+                         requester_name=inbound.from_name, organisation=org,
+                         subject=strip_prefixes(inbound.subject) or "(no subject)", now=now, actor=sender,
+                         linked_to=original.id if original else None, reason=decision.reason)
+        add_inbound(session, case, inbound, stored, author="customer", now=now)
+        template = "ack_linked_case" if original else "ack_new_case"
+        extra: dict[str, Any] = {"original": {"number": original.id, "subject": original.subject,
+                              "status": original.status}} if original else {}
+        if original is not None:
+            record_event(session, original, kind="linked-case", actor=sender, now=now, new_case=case.id)
+        acknowledge(session, settings, template, inbound, case, now, **extra)
+        return IngestResult(inbound.message_id, decision.outcome, case.id, decision.reason)
+    assert case is not None
+    msg = add_inbound(session, case, inbound, stored, author="customer", now=now)
+    record_event(session, case, kind="customer-reply", actor=sender, now=now, message_id=inbound.message_id)
+    case.awaiting_customer_since = None  # the no-response clock stops (SPEC §4)
+    case.no_response_warned_at = None
+    if decision.new_status is not None:
+        set_status(session, case, decision.new_status, actor=sender, now=now, reason=decision.reason)
+    if decision.outcome is Outcome.REOPENED:
+        acknowledge(session, settings, "ack_reopened", inbound, case, now)
+    if wants_escalation(msg.text):  # "Please escalate" as the reply's first line (SPEC §4)
+        escalate(session, settings, case, actor=sender, now=now, reason="requested by the customer by mail")
+    return IngestResult(inbound.message_id, decision.outcome, case.id, decision.reason)
+
+
+def acknowledge(session: Session, settings: Settings, template: str, inbound: Inbound, case: Case,
+                now: datetime, **extra: Any) -> None:
+    """The automatic answer to a customer's mail, unless the mail asks for none or a cap is reached."""
+    sender = inbound.from_addr or ""
+    suppressed = no_ack_reason(inbound)
+    if suppressed is None:
+        items = send(session, settings, template, to=[(inbound.from_name, sender)], now=now, case=case,
+                     in_reply_to=inbound.message_id, references=(*inbound.references, inbound.message_id),
+                     rate_limited=True, **extra)
+        if items:
+            return
+        suppressed = "no acknowledgement: sender over its rate limit, bouncing, or not mailable"
+    record_event(session, case, kind="suppressed-ack", actor="maild", now=now, reason=suppressed,
+                 message_id=inbound.message_id)
+
+
+def staff_mail(session: Session, inbound: Inbound, stored: RawMessage, case: Case, staff: str,
+               now: datetime, settings: Settings) -> IngestResult:
+    """A technician answered a case by mail: record it as a staff reply and relay it to the requester."""
+    from maild.staff import staff_reply
+
+    msg = add_inbound(session, case, inbound, stored, author="staff", now=now)
+    staff_reply(session, settings, case, body=msg.text, staff_email=staff, now=now, recorded=True,
+                attachments=[(a.filename, a.content_type, a.data) for a in inbound.attachments])
+    return IngestResult(inbound.message_id, Outcome.THREADED, case.id, f"staff reply by mail from {staff}")
+
+
+def record_ignored(session: Session, inbound: Inbound, stored: RawMessage, now: datetime,
+                   reason: str) -> IngestResult:
+    """Auto-replies, bulk and looped mail: no case, no reply. One that answers a case is kept on it."""
+    if reason.startswith(("loop", "own")):
+        return IngestResult(inbound.message_id, Outcome.IGNORED, None, reason)
+    settings_free_match = find_case_for_ignored(session, inbound)
+    if settings_free_match is not None:
+        add_inbound(session, settings_free_match, inbound, stored, author="auto", now=now)
+        record_event(session, settings_free_match, kind="suppressed-ack", actor=inbound.from_addr or "", now=now,
+                     reason=reason, message_id=inbound.message_id)
+        return IngestResult(inbound.message_id, Outcome.IGNORED, settings_free_match.id, reason)
+    return IngestResult(inbound.message_id, Outcome.IGNORED, None, reason)
+
+
+def find_case_for_ignored(session: Session, inbound: Inbound) -> Case | None:
+    from maild.threading.match import by_references
+
+    match = by_references(session, inbound)
+    if match is None or inbound.from_addr is None:
+        return None
+    case = match.case
+    return case if inbound.from_addr == case.requester or inbound.from_addr in case.participants else None
+
+
+def record_bounce(session: Session, inbound: Inbound, now: datetime, reason: str) -> IngestResult:
+    """A DSN: matched to the outbound mail it reports on, recorded on that mail's case."""
+    from maild.outbound.outbox import mark_bounced
+
+    info = bounces.read_dsn(inbound)
+    case_id: int | None = None
+    for mid in info.original_message_ids:
+        item = mark_bounced(session, mid, info.failed_recipients[0] if info.failed_recipients else None,
+                            info.diagnostic or info.status or reason, now, permanent=info.permanent)
+        if item is not None:
+            case_id = item.case_id
+            break
+    detail = f"{reason}; matched outbound mail" if case_id else f"{reason}; no outbound mail of ours matched"
+    return IngestResult(inbound.message_id, Outcome.BOUNCE, case_id, detail)
+
+
+def hold(session: Session, stored: RawMessage, inbound: Inbound | None, reason: HoldReason, detail: str,
+         org: Organisation | None, now: datetime, settings: Settings, *, case: Case | None = None,
+         reply: bool = True) -> IngestResult:
+    """Keep the message for staff; tell the sender (rate-limited) and, per config, the org's primary MPOC."""
+    sender = inbound.from_addr if inbound else None
+    held = HeldMessage(raw_id=stored.id, reason=reason.value, detail=detail, sender=sender or "",
+                       subject=inbound.subject if inbound else "", organisation_id=org.id if org else None,
+                       case_id=case.id if case else None, created_at=now)
+    session.add(held)
+    session.flush()
+    if reply and inbound is not None and sender and reason is HoldReason.UNAUTHORISED:
+        send(session, settings, "unauthorised_sender", to=[(inbound.from_name, sender)], now=now, org=org,
+             in_reply_to=inbound.message_id, rate_limited=True, held_subject=inbound.subject)
+        if org is not None and settings.intake.notify_mpoc_on_unauthorised:
+            mpocs = [(c.name, c.email) for c in primary_mpocs(session, org.id) if c.email != sender]
+            send(session, settings, "mpoc_unauthorised_notice", to=mpocs, now=now, org=org,
+                 auto_kind="auto-generated", sender={"name": inbound.from_name, "email": sender},
+                 held_subject=inbound.subject, held_id=held.id)
+    mid = inbound.message_id if inbound else (stored.message_id or f"raw-{stored.id}")
+    where = f" (case {case.id} untouched)" if case is not None else ""
+    return IngestResult(mid, Outcome.HELD, None, f"{reason.value}: {detail}{where} [held #{held.id}]")

@@ -1,0 +1,168 @@
+# SPDX-License-Identifier: MIT
+"""``maild run``: the SMTP listener, the outbox sender, the scheduler and the IMAP poller in one process.
+
+The event loop serves SMTP (``maild.ingest.smtp``) and pings the systemd watchdog, so a wedged
+loop stops the pings and systemd restarts maild. Each periodic job runs in its own thread: a hung
+relay delays neither intake nor the scheduler, and an exception in one job is logged and the job
+runs again at its next turn. SIGTERM/SIGINT (or ``stop_event``): stop accepting, let in-flight
+DATA finish within ``[smtp] shutdown_grace``, answer ``421`` to the rest (RELIABILITY D9), let
+each job finish its current call, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from maild import clock
+from maild.config import Settings
+from maild.db import open_store
+from maild.ingest.smtp import IngestFn, start_server
+from maild.notify import notify, watchdog_interval
+
+log = logging.getLogger(__name__)
+
+SEND_EVERY = 5.0  # seconds between outbox runs
+TICK_EVERY = 60.0  # seconds between scheduler steps
+IMAP_RESTART_AFTER = 30.0  # seconds before a crashed IMAP poller is started again
+
+Job = Callable[[sessionmaker[Session], Settings, Any], list[dict[str, Any]]]
+
+
+def _load(module: str, name: str) -> Callable[..., Any] | None:
+    """``module.name``, imported now; None (logged) when it cannot be: intake runs regardless."""
+    try:
+        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module.startswith(exc.name):
+            log.exception("%s cannot be imported; %s will not run", module, name)
+        else:
+            log.warning("%s is not available yet; %s will not run", module, name)
+    except AttributeError:
+        log.warning("%s has no %s; it will not run", module, name)
+    except Exception:
+        log.exception("%s cannot be imported; %s will not run", module, name)
+    return None
+
+
+def _every(what: str, seconds: float, job: Job, factory: sessionmaker[Session],
+           settings: Settings, stop: threading.Event) -> None:
+    """Call ``job(factory, settings, now)`` every ``seconds`` until ``stop``; never raise."""
+    while not stop.is_set():
+        try:
+            actions = job(factory, settings, clock.now())
+            if actions:
+                log.info("%s: %d actions", what, len(actions))
+                for action in actions:
+                    log.debug("%s: %s", what, action)
+        except Exception:
+            log.exception("%s failed; trying again in %ss", what, seconds)
+        stop.wait(seconds)
+
+
+def _imap(poll: Callable[..., Any], factory: sessionmaker[Session], settings: Settings,
+          stop: threading.Event) -> None:
+    """Run the poller (it returns when ``stop`` is set); restart it after a crash."""
+    while not stop.is_set():
+        try:
+            poll(factory, settings, stop)
+        except Exception:
+            log.exception("IMAP poller failed; restarting in %ss", IMAP_RESTART_AFTER)
+            stop.wait(IMAP_RESTART_AFTER)
+
+
+def start_workers(factory: sessionmaker[Session], settings: Settings,
+                  stop: threading.Event) -> list[threading.Thread]:
+    """Threads for the outbox sender, the scheduler and (if ``[imap] url``) the IMAP poller."""
+    plan: list[tuple[str, Callable[..., None], tuple[Any, ...]]] = []
+    send_due = _load("maild.outbound.sender", "send_due")
+    if send_due is not None:
+        plan.append(("outbox", _every, ("outbox sender", SEND_EVERY, send_due)))
+    tick = _load("maild.scheduler", "tick")
+    if tick is not None:
+        plan.append(("scheduler", _every, ("scheduler", TICK_EVERY, tick)))
+    if settings.imap.url:
+        # Interface expected of maild.ingest.imap: poll_forever(factory, settings, stop_event),
+        # returning once stop_event is set after finishing its current commit and flag (D9).
+        poll = _load("maild.ingest.imap", "poll_forever")
+        if poll is not None:
+            plan.append(("imap", _imap, (poll,)))
+    threads = []
+    for name, target, args in plan:
+        thread = threading.Thread(target=target, args=(*args, factory, settings, stop),
+                                  name=f"maild-{name}", daemon=True)
+        thread.start()
+        threads.append(thread)
+    return threads
+
+
+async def _watchdog(interval: float) -> None:
+    while True:
+        notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+def _install_signals(loop: asyncio.AbstractEventLoop, stop: threading.Event) -> list[signal.Signals]:
+    if threading.current_thread() is not threading.main_thread():
+        return []  # only the main thread may handle signals; the caller stops us via stop_event
+    signals = [signal.SIGTERM, signal.SIGINT]
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    return signals
+
+
+async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threading.Event,
+                 ingest_fn: IngestFn | None) -> int:
+    loop = asyncio.get_running_loop()
+    signals = _install_signals(loop, stop)
+    try:
+        server = await start_server(factory, settings, ingest_fn=ingest_fn)
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", settings.smtp.listen, exc)
+        return 1
+    workers = start_workers(factory, settings, stop)
+    notify(f"READY=1\nSTATUS=accepting mail on {settings.smtp.listen}")
+    interval = watchdog_interval()
+    dog = asyncio.create_task(_watchdog(interval)) if interval else None
+    try:
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        log.info("stopping: draining SMTP sessions for up to %ss", settings.smtp.shutdown_grace)
+        notify("STOPPING=1\nSTATUS=draining")
+        await server.shutdown(settings.smtp.shutdown_grace)
+        for thread in workers:
+            await asyncio.to_thread(thread.join, settings.smtp.shutdown_grace)
+            if thread.is_alive():
+                log.warning("%s still busy at exit", thread.name)
+    finally:
+        stop.set()
+        if dog is not None:
+            dog.cancel()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def run(settings: Settings, *, stop_event: threading.Event | None = None,
+        ingest_fn: IngestFn | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT or ``stop_event``; 0 after a clean drain, 1 if it
+    could not start. ``ingest_fn`` replaces ``run_ingest`` (tests)."""
+    stop = stop_event if stop_event is not None else threading.Event()
+    try:
+        engine, factory = open_store(settings.database_url)
+    except Exception as exc:
+        log.error("cannot open the store: %s: %s", type(exc).__name__, exc)
+        return 1
+    try:
+        code = asyncio.run(_serve(settings, factory, stop, ingest_fn))
+    finally:
+        engine.dispose()
+    log.info("maild stopped (exit %d)", code)
+    return code

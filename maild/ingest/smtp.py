@@ -1,0 +1,388 @@
+# SPDX-License-Identifier: MIT
+"""The SMTP intake listener: mail handed over by the organisation's MTA (SPEC §2, STYLE §2).
+
+``IntakeHandler`` decides every reply: RCPT accepts only intake and reply addresses, MAIL checks
+SIZE, DATA bounds the message cheaply and then hands it to ``run_ingest`` in a worker thread,
+answering ``250`` only after that returned, i.e. after the commit (RELIABILITY rule 1).
+``IntakeSMTP`` is aiosmtpd's protocol plus what a daemon needs: a registry of live sessions, a
+connection cap, ``421`` on shutdown, and maild's reply strings instead of aiosmtpd's built-in ones.
+
+Why ``loop.create_server`` and not aiosmtpd's ``Controller``: the Controller owns a private loop
+in its own thread and ``stop()`` drops every session at once. The daemon instead serves SMTP on
+its own loop, so it can stop accepting, let in-flight DATA finish and answer ``421`` to idle
+sessions (RELIABILITY D9), and ping the systemd watchdog from the loop that serves SMTP, so a
+wedged loop stops the pings. ``make_controller`` wraps the same server in a thread for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shutil
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, AnyStr
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm import sessionmaker
+
+from maild import clock
+from maild.config import Settings
+from maild.ingest.raw import RawMail
+from maild.logs import MESSAGE_LINE
+
+if TYPE_CHECKING:
+    from maild.ingest.pipeline import IngestResult
+
+log = logging.getLogger(__name__)
+
+IngestFn = Callable[[sessionmaker[DbSession], Settings, RawMail], "IngestResult"]
+
+# Reply strings (RFC 5321 §4.2 codes with RFC 3463 enhanced status codes). Never exception text.
+REPLY_MAIL_OK = "250 2.1.0 Ok"
+REPLY_RCPT_OK = "250 2.1.5 Ok"
+REPLY_QUEUED = "250 2.0.0 Ok: queued as {ref}"
+REPLY_SHUTDOWN = "421 4.3.2 Service shutting down"
+REPLY_BUSY = "421 4.7.0 Too many connections, try again later"
+REPLY_LOCAL_ERROR = "451 4.3.0 Requested action aborted: local error in processing"
+REPLY_NO_STORAGE = "452 4.3.1 Insufficient system storage"
+REPLY_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
+REPLY_BAD_RCPT = "550 5.1.1 <{addr}>: recipient not accepted here"
+REPLY_TOO_BIG = "552 5.3.4 Message size exceeds fixed limit"
+REPLY_HEADER_TOO_BIG = "552 5.3.4 Message header exceeds fixed limit"
+REPLY_TOO_MANY_HOPS = "554 5.4.0 Too many hops"
+
+IDENT = "ESMTP"  # the greeting names no software or version
+MAX_HEADER_BYTES = 1024 * 1024  # RELIABILITY R3: a header flood is refused before parsing
+MAX_CONNECTIONS = 200  # RELIABILITY R7: a connection cap; the MTA queues and retries on 421
+DISK_HEADROOM = 1.5  # RELIABILITY D4: 452 4.3.1 at MAIL when free space < 1.5 x max size
+
+# aiosmtpd answers these itself before any hook runs; say them in maild's words.
+_BUILTIN_REPLIES = {
+    "552 Error: message size exceeds fixed maximum message size": REPLY_TOO_BIG,
+    "552 Error: Too much mail data": REPLY_TOO_BIG,
+}
+_RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
+_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
+
+
+def header_block(data: bytes) -> bytes:
+    """The bytes before the first empty line (RFC 5322 §2.1), or all of them if there is none."""
+    if data.startswith((b"\r\n", b"\n")):
+        return b""
+    ends = [i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0]
+    return data[: min(ends)] if ends else data
+
+
+def sniff_message_id(header: bytes) -> str:
+    """The first Message-ID header, for log lines only: printable ASCII, at most 200 characters."""
+    found = _MESSAGE_ID.search(header[:MAX_HEADER_BYTES])
+    if found is None:
+        return "-"
+    text = found.group(1).strip().decode("ascii", "replace")[:200]
+    return "".join(c if c.isprintable() and c.isascii() else "?" for c in text) or "-"
+
+
+def _reply_address_pattern(intake: Iterable[str]) -> re.Pattern[str]:
+    # support+case-12-<token>@domain: RCPT checks only the shape; threading checks the token.
+    shapes = []
+    for address in intake:
+        local, _, domain = address.rpartition("@")
+        shapes.append(
+            rf"{re.escape(local)}\+case-[0-9]{{1,12}}(?:-[A-Za-z0-9_-]{{1,64}})?@{re.escape(domain)}"
+        )
+    return re.compile("|".join(shapes), re.IGNORECASE)
+
+
+def _size_param(mail_options: Iterable[str]) -> int | None:
+    for option in mail_options:
+        key, _, value = option.partition("=")
+        if key.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return None
+
+
+def _peer_host(peer: Any) -> str | None:
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return None if peer is None else str(peer)
+
+
+class IntakeHandler:
+    """aiosmtpd handler hooks for the intake addresses; one instance serves every session."""
+
+    def __init__(self, factory: sessionmaker[DbSession], settings: Settings,
+                 ingest_fn: IngestFn | None = None,
+                 disk_free: Callable[[], int | None] | None = None) -> None:
+        self.factory = factory
+        self.settings = settings
+        if ingest_fn is None:
+            # Imported here so the listener module does not pull in the whole pipeline at import.
+            from maild.ingest.pipeline import run_ingest
+
+            ingest_fn = run_ingest
+        self.ingest_fn: IngestFn = ingest_fn
+        self._intake = frozenset(settings.intake_kinds)
+        self._reply_address = _reply_address_pattern(self._intake)
+        self._disk_free = disk_free or self._data_dir_free
+
+    def _data_dir_free(self) -> int | None:
+        try:
+            return shutil.disk_usage(self.settings.data_dir).free
+        except OSError:
+            return None
+
+    def accepts(self, address: str) -> bool:
+        """True for an intake address or a reply address built on one (case-insensitive)."""
+        return address.lower() in self._intake or self._reply_address.fullmatch(address) is not None
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        # The new-style hook must record the client's name itself; maild offers no AUTH: the MTA
+        # hands mail over on loopback or a trusted network.
+        session.host_name = hostname
+        return [r for r in responses if not r.startswith("250-AUTH")]
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        limit = self.settings.smtp.max_message_size
+        size = _size_param(mail_options)
+        if size is not None and size > limit:  # RFC 1870 §6.1
+            return REPLY_TOO_BIG
+        free = self._disk_free()
+        if free is not None and free < DISK_HEADROOM * limit:
+            log.warning("refusing mail from %s: %s bytes free in %s", address, free,
+                        self.settings.data_dir)
+            return REPLY_NO_STORAGE
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return REPLY_MAIL_OK
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if not self.accepts(address):
+            # Refused now, so the MTA tells the sender; maild never bounces later (STYLE §2.1).
+            return REPLY_BAD_RCPT.format(addr=address[:256])
+        if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
+            return REPLY_TOO_MANY_RCPTS  # RFC 5321 §4.5.3.1.10: the client sends the rest later
+        if address.lower() not in (r.lower() for r in envelope.rcpt_tos):
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        return REPLY_RCPT_OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or b""
+        header = header_block(data)
+        message_id = sniff_message_id(header)
+        if len(header) > MAX_HEADER_BYTES:
+            log.warning("refused %s: header block of %d bytes", message_id, len(header))
+            return REPLY_HEADER_TOO_BIG
+        hops = len(_RECEIVED.findall(header))
+        if hops > self.settings.intake.max_received:  # a mail loop (RFC 5321 §6.3)
+            log.warning("refused %s: %d Received headers", message_id, hops)
+            return REPLY_TOO_MANY_HOPS
+        raw = RawMail(data=data, source="smtp", mail_from=envelope.mail_from,
+                      rcpt_tos=tuple(envelope.rcpt_tos), peer=_peer_host(session.peer),
+                      helo=session.host_name, tls=session.ssl is not None,
+                      received_at=clock.now())
+        started = time.monotonic()
+        try:
+            # The database call runs in a worker thread so the loop keeps serving other sessions.
+            result = await asyncio.to_thread(self.ingest_fn, self.factory, self.settings, raw)
+        except Exception:
+            # RELIABILITY rule 1 / D4: a storage failure is 4yz so the MTA retries; no details out.
+            log.exception("intake of %s from %s failed; answered 451", message_id, raw.peer)
+            return REPLY_LOCAL_ERROR
+        duration_ms = int((time.monotonic() - started) * 1000)
+        # run_ingest logs the message's INFO line itself; this one adds the SMTP side.
+        log.debug(MESSAGE_LINE + " peer=%s", result.message_id, result.outcome, result.case,
+                  duration_ms, "smtp", raw.peer)
+        ref = f"case-{result.case}" if result.case is not None else str(result.outcome)
+        return REPLY_QUEUED.format(ref=ref)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's default answers "500 Error: (<class>) <text>": a 5yz makes the MTA bounce
+        # the mail and the text leaks internals. Anything unexpected is a local, temporary error.
+        log.error("SMTP session error; answered 451", exc_info=error)
+        return REPLY_LOCAL_ERROR
+
+
+class IntakeSMTP(SMTP):
+    """One SMTP session: aiosmtpd's protocol plus a registry, a connection cap and shutdown."""
+
+    def __init__(self, handler: IntakeHandler, *, sessions: set[IntakeSMTP],
+                 max_connections: int, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._sessions = sessions
+        self._max_connections = max_connections
+        self.in_data = False  # between the DATA command and its reply: may finish on shutdown
+        self.draining = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self._original_transport is None  # called again after STARTTLS
+        super().connection_made(transport)
+        if first:
+            self._sessions.add(self)
+            if len(self._sessions) > self._max_connections:
+                log.warning("connection from %s refused: %d sessions",
+                            transport.get_extra_info("peername"), len(self._sessions))
+                self.goodbye(REPLY_BUSY)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._sessions.discard(self)
+        super().connection_lost(error)
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str):
+            await super().push(_BUILTIN_REPLIES.get(status, status))
+        else:
+            await super().push(status)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self.in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.in_data = False
+        if self.draining:
+            self.goodbye(REPLY_SHUTDOWN)
+
+    @property
+    def peer(self) -> Any:
+        return None if self.session is None else self.session.peer
+
+    def goodbye(self, reply: str) -> None:
+        """Send ``reply`` and close, whatever the session was doing (RFC 5321 §3.8)."""
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(reply.encode("ascii") + b"\r\n")
+            transport.close()
+
+
+class IntakeServer:
+    """A bound listener and its live sessions."""
+
+    def __init__(self, server: asyncio.Server, sessions: set[IntakeSMTP]) -> None:
+        self._server = server
+        self.sessions = sessions
+
+    @property
+    def port(self) -> int:
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting; 421 to idle sessions; give in-flight DATA ``grace`` seconds (D9)."""
+        self._server.close()
+        for session in list(self.sessions):
+            session.draining = True
+            if not session.in_data:
+                session.goodbye(REPLY_SHUTDOWN)
+        deadline = time.monotonic() + grace
+        while any(s.in_data for s in self.sessions) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            if session.in_data:
+                log.warning("DATA from %s still running after %ss; answered 421",
+                            session.peer, grace)
+            session.goodbye(REPLY_SHUTDOWN)
+        await self._server.wait_closed()
+        await asyncio.sleep(0)  # let connection_lost callbacks run
+
+
+def make_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """A server-side context for STARTTLS when a certificate and key are configured."""
+    if not (settings.smtp.tls_cert and settings.smtp.tls_key):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # no client certificates asked
+    context.load_cert_chain(settings.smtp.tls_cert, settings.smtp.tls_key)
+    return context
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def start_server(factory: sessionmaker[DbSession], settings: Settings, *,
+                       ingest_fn: IngestFn | None = None, listen: str | None = None,
+                       max_connections: int = MAX_CONNECTIONS) -> IntakeServer:
+    """Bind the listener on the running loop (``listen`` defaults to ``[smtp] listen``)."""
+    host, port = split_listen(listen or settings.smtp.listen)
+    handler = IntakeHandler(factory, settings, ingest_fn=ingest_fn)
+    tls = make_tls_context(settings)
+    loop = asyncio.get_running_loop()
+    # aiosmtpd would resolve the FQDN for every session; once is enough.
+    hostname = await asyncio.to_thread(socket.getfqdn)
+    sessions: set[IntakeSMTP] = set()
+
+    def protocol() -> IntakeSMTP:
+        return IntakeSMTP(
+            handler, sessions=sessions, max_connections=max_connections,
+            data_size_limit=settings.smtp.max_message_size, enable_SMTPUTF8=True,
+            decode_data=False, hostname=hostname, ident=IDENT, tls_context=tls,
+            require_starttls=settings.smtp.require_tls, timeout=settings.smtp.data_timeout,
+            auth_exclude_mechanism=("LOGIN", "PLAIN"), loop=loop)
+
+    server = await loop.create_server(protocol, host, port, reuse_address=True)
+    log.info("SMTP intake listening on %s:%s", host, server.sockets[0].getsockname()[1])
+    return IntakeServer(server, sessions)
+
+
+class ThreadedIntake:
+    """The listener on its own event loop in a thread (tests, embedding in synchronous code)."""
+
+    def __init__(self, factory: sessionmaker[DbSession], settings: Settings, *,
+                 ingest_fn: IngestFn | None = None, listen: str | None = None) -> None:
+        self._args = (factory, settings, ingest_fn, listen)
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="smtp-intake", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._grace = 0.0
+        self.server: IntakeServer | None = None
+        self.error: BaseException | None = None
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported by start()
+            self.error = exc
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        factory, settings, ingest_fn, listen = self._args
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.server = await start_server(factory, settings, ingest_fn=ingest_fn, listen=listen)
+        self._ready.set()
+        await self._stop.wait()
+        await self.server.shutdown(self._grace)
+
+    def start(self) -> ThreadedIntake:
+        self._thread.start()
+        self._ready.wait(30)
+        if self.error is not None or self.server is None:
+            raise RuntimeError("SMTP intake did not start") from self.error
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+    def stop(self, grace: float = 0.0) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._grace = grace
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(grace + 30)
+
+
+def make_controller(factory: sessionmaker[DbSession], settings: Settings, *,
+                    ingest_fn: IngestFn | None = None, listen: str | None = None) -> ThreadedIntake:
+    """A not-yet-started threaded listener; ``listen="127.0.0.1:0"`` picks a free port."""
+    return ThreadedIntake(factory, settings, ingest_fn=ingest_fn, listen=listen)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# Quick start: install maild into the virtualenv .venv, write a default config into ./data the
+# first time (`maild init` refuses to overwrite, so it only runs when data/maild.toml is absent),
+# then run the daemon in the foreground (`maild --config data/maild.toml run`).
+#
+# Environment: PYTHON (default python3) makes the venv; VENV (default .venv);
+# MAILD_DATA_DIR (default data).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+DATA_DIR=${MAILD_DATA_DIR:-data}
+
+if [[ ! -x $VENV/bin/python ]]; then
+    echo "==> creating virtualenv $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.maild-run-deps"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $("$VENV/bin/python" -V 2>&1)"
+if [[ ! -f $stamp || $(<"$stamp") != "$want" || ! -x $VENV/bin/maild ]]; then
+    echo "==> installing maild into $VENV"
+    "$VENV/bin/python" -m pip install -q -e .
+    echo "$want" >"$stamp"
+fi
+
+if [[ ! -f $DATA_DIR/maild.toml ]]; then
+    echo "==> writing a default configuration into $DATA_DIR/"
+    mkdir -p "$DATA_DIR"
+    "$VENV/bin/maild" init "$DATA_DIR"
+fi
+
+echo "==> starting maild with $DATA_DIR/maild.toml"
+exec "$VENV/bin/maild" run --config "$DATA_DIR/maild.toml"
