@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
 from typing import Any, TypeAlias
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from maild import clock, invoices, maintenance, master, status_page
 from maild.cases import case_json
 from maild.commands import emit, now_of, settings_of, store, when
+from maild.config import Settings
 from maild.db import transaction
 from maild.models import Case, MaintenanceWindow
+
+log = logging.getLogger(__name__)
 
 Parsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # not subscriptable at run time
 
@@ -100,6 +105,15 @@ def _window_text_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", metavar="Y", help="a short reason")
 
 
+def _publish(factory: sessionmaker[Session], settings: Settings, now: datetime) -> None:
+    # The change is committed by now; a status page that cannot be written must not make the command
+    # look failed. The scheduler rewrites the page on its next tick.
+    try:
+        status_page.publish(factory, settings, now)
+    except OSError as exc:
+        log.warning("status page not updated: %s", exc)
+
+
 def _help(args: argparse.Namespace) -> int:  # pragma: no cover - argparse requires a subcommand
     return 2
 
@@ -121,7 +135,7 @@ def cmd_master_open(args: argparse.Namespace) -> int:
         if args.body:
             master.post_update(session, settings, case, body=args.body, actor=actor, now=now)
         out = master.master_json(session, case)
-    status_page.publish(factory, settings, now)
+    _publish(factory, settings, now)
     emit(out)
     return 0
 
@@ -135,7 +149,7 @@ def cmd_master_update(args: argparse.Namespace) -> int:
         event = master.post_update(session, settings, case, body=args.body, actor=(args.as_ or "staff").lower(),
                                    now=now, close=args.close)
         out = {**master.master_json(session, case), "sent_to": event.detail.get("recipients", [])}
-    status_page.publish(factory, settings, now)
+    _publish(factory, settings, now)
     emit(out)
     return 0
 
@@ -188,7 +202,7 @@ def cmd_maintenance_add(args: argparse.Namespace) -> int:
             session, settings, kind=args.kind, start=start, end=end, now=now, products=_products(args.products),
             description=args.description, reason=args.reason)
         out = {**maintenance.window_json(window), "sent": actions}
-    status_page.publish(factory, settings, now)
+    _publish(factory, settings, now)
     emit(out)
     return 0
 
@@ -203,7 +217,7 @@ def cmd_maintenance_plan(args: argparse.Namespace) -> int:
         raise ValueError(f"bad date {args.until!r}: expected YYYY-MM-DD") from None
     with transaction(factory) as session:
         created = [maintenance.window_json(w) for w in maintenance.plan(session, settings, until=until, now=now)]
-    status_page.publish(factory, settings, now)
+    _publish(factory, settings, now)
     emit({"created": created})
     return 0
 
@@ -233,7 +247,7 @@ def _change_window(args: argparse.Namespace, cancel: bool) -> int:
                 session, settings, window, now, start=when(args.start, settings), end=when(args.end, settings),
                 products=_products(args.products), description=args.description, reason=args.reason)
         out = {**maintenance.window_json(window), "sent": actions}
-    status_page.publish(factory, settings, now)
+    _publish(factory, settings, now)
     emit(out)
     return 0
 

@@ -17,7 +17,8 @@ byte. The row (unique organisation + period) is written in the transaction that 
 whose dedupe key is ``invoice:<org id>:<period>``, so an invoice goes out once however often the rule
 runs and however many maild processes run it. A missing or unreadable PDF, or an organisation with
 nobody to send to, alerts staff once per organisation and period; the others are still served, and
-the missing one goes out on the first tick after the file appears.
+the missing one goes out on the first tick after the file appears. A period with no directory at all
+(nothing dropped yet) is one alert for the period.
 """
 
 from __future__ import annotations
@@ -127,6 +128,17 @@ def send_due_invoices(session: Session, settings: Settings, now: datetime) -> li
     period = period_of(settings, now)
     if period is None:
         return []
+    folder = settings.invoice_dir / period
+    if not folder.is_dir():
+        # Nothing dropped for the month at all: one alert for the period, not one per organisation.
+        if not mark_once(session, f"invoice-nodir:{period}", now):
+            return []
+        alert = {"title": f"No invoices for {period}",
+                 "detail": f"The invoice directory {folder} does not exist; no invoice for {period} was sent. "
+                           "Invoices go out on the first tick after the billing system drops them there."}
+        send(session, settings, "staff_alert", to=staff_recipients(session, settings), now=now,
+             auto_kind="auto-generated", dedupe_key=f"invoice-nodir:{period}", alert=alert)
+        return [{"action": "invoice-alert", "organisation": None, "period": period, "problem": alert["detail"]}]
     done = set(session.scalars(select(InvoiceSent.organisation_id).where(InvoiceSent.period == period)))
     actions: list[dict[str, Any]] = []
     for org in session.scalars(select(Organisation).order_by(Organisation.name)):

@@ -171,9 +171,9 @@ def send_due_notices(session: Session, settings: Settings, now: datetime) -> lis
 def _defaults(settings: Settings, kind: str) -> tuple[list[str], str, str]:
     m = settings.maintenance
     if kind == "monthly":
-        return list(m.monthly_products), m.monthly_description, m.monthly_reason
+        return [p.lower() for p in m.monthly_products], m.monthly_description, m.monthly_reason
     if kind == "connect":
-        return list(m.connect_products), m.connect_description, m.connect_reason
+        return [p.lower() for p in m.connect_products], m.connect_description, m.connect_reason
     return [], "", ""
 
 

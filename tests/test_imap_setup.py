@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import socketserver
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -172,3 +174,55 @@ def test_silent_mailbox_alerts_once_per_silence(tmp_path: Path, imap_user: ImapU
     tick(8)
     assert len(alerts(desk)) == 2 * len(first)
     desk.close()
+
+
+def test_mailbox_kind_sets_the_case_kind(tmp_path: Path, imap_user: ImapUser) -> None:
+    # A mailbox URL with ?kind=billing stands for the billing intake address: its mail opens billing cases.
+    with IMAPClient(imap_user.host, port=imap_user.port, ssl=False, timeout=10) as client:
+        client.login(imap_user.name, imap_user.password)
+        client.append("INBOX", build_mail(subject="Invoice question"))
+    desk = make_desk(tmp_path, f'url = "{imap_user.url}?kind=billing"')
+    poller = ImapPoller(desk.factory, desk.settings)
+    poller.poll_once()
+    poller.close()
+    assert [(c["subject"], c["kind"]) for c in desk.cases()] == [("Invoice question", "billing")]
+    desk.close()
+
+
+class HostileImap(socketserver.StreamRequestHandler):
+    """An IMAP server that announces a 10 GB literal in answer to the first FETCH (RELIABILITY R8)."""
+
+    def handle(self) -> None:
+        self.wfile.write(b"* OK [CAPABILITY IMAP4rev1] hostile ready\r\n")
+        for line in self.rfile:
+            tag, _, rest = line.decode().partition(" ")
+            command = [*rest.strip().split(" ", 2), ""][:2]
+            if command[0].upper() == "UID" and command[1].upper() == "SEARCH":
+                self.wfile.write(b"* SEARCH 1\r\n")
+            elif command[0].upper() == "UID" and command[1].upper() == "FETCH":
+                self.wfile.write(b"* 1 FETCH (UID 1 RFC822.SIZE 10 BODY[] {9999999999}\r\n")
+                self.wfile.flush()
+                time.sleep(1)
+                return
+            elif command[0].upper() == "LIST":
+                self.wfile.write(b'* LIST () "." x\r\n')
+            elif command[0].upper() == "CAPABILITY":
+                self.wfile.write(b"* CAPABILITY IMAP4rev1\r\n")
+            elif command[0].upper() == "SELECT":
+                self.wfile.write(b"* 0 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n")
+            self.wfile.write(f"{tag} OK done\r\n".encode())
+
+
+def test_hostile_literal_is_refused_without_reading_it(tmp_path: Path) -> None:
+    # R8: a server that announces a 10 GB literal gets its connection dropped; nothing is stored.
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), HostileImap)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        desk = make_desk(tmp_path, f'url = "imap://u:p@127.0.0.1:{server.server_address[1]}/INBOX?tls=none"')
+        with pytest.raises(IMAPClient.AbortError, match="cap"):
+            ImapPoller(desk.factory, desk.settings).poll_once()
+        assert desk.cases() == [] and desk.held() == []
+        desk.close()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -125,3 +125,16 @@ def test_invoices_list_rejects_a_bad_period(relay_desk: Desk) -> None:
     # A period must be YYYY-MM: a one-line error, exit 1.
     code, _, err = relay_desk.cli("invoices", "list", "--period", "2027-13")
     assert code == 1 and err.startswith("maild: error: bad period '2027-13'") and err.count("\n") == 1
+
+
+def test_no_invoice_directory_for_the_month_is_one_alert(relay_desk: Desk, relay: CaptureRelay) -> None:
+    # Nothing dropped for May: staff get one alert for the period (not one per organisation), then the
+    # invoices go out on the first tick after the files arrive.
+    actions = step(relay_desk, mt(2027, 5, 27, 0, 0))
+    assert [(a["action"], a["organisation"]) for a in actions] == [("invoice-alert", None)]
+    assert step(relay_desk, mt(2027, 5, 27, 1, 0)) == []
+    assert sorted(m.rcpt_tos[0] for m in relay.wait_for(2)) == ["tina@support.example.com", "tom@support.example.com"]
+    assert str(relay.messages[0].message["Subject"]) == "[maild] No invoices for 2027-05"
+    drop(relay_desk, "2027-05", "initech-inc.pdf")
+    actions = step(relay_desk, mt(2027, 5, 27, 2, 0))
+    assert ("invoice-sent", "Initech Inc") in {(a["action"], a["organisation"]) for a in actions}

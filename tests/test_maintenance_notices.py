@@ -188,3 +188,15 @@ def test_status_page_lists_published_windows(relay_desk: Desk, relay: CaptureRel
     step(relay_desk, mt(2027, 3, 20, 5, 0))
     page = json.loads((relay_desk.settings.data_dir / "status.json").read_text(encoding="utf-8"))
     assert all(w["kind"] != "monthly" for w in page["maintenance"])
+
+
+def test_notices_missed_while_down_are_skipped_not_sent_late(relay_desk: Desk, relay: CaptureRelay) -> None:
+    # maild was down from before the reminder until the window had started: no late reminder (reported once
+    # as skipped), but the start notice still goes out inside the window, and the end notice at the end.
+    relay_desk.cli_json("maintenance", "plan", "--until", "2027-03-20", "--now", "2027-03-10T12:00")
+    actions = step(relay_desk, mt(2027, 3, 19, 23, 0))
+    assert [(a["action"], a["type"]) for a in actions if str(a.get("action")).startswith("maintenance")] == [
+        ("maintenance-notice-skipped", "maintenance_reminder"), ("maintenance-notice", "maintenance_start")]
+    assert not [a for a in step(relay_desk, mt(2027, 3, 19, 23, 30)) if str(a.get("action")).startswith("maint")]
+    step(relay_desk, mt(2027, 3, 20, 4, 0))
+    assert Counter(kind for _, kind in notices(relay).elements()) == {"maintenance-start": 3, "maintenance-end": 3}

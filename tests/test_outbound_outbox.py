@@ -53,7 +53,7 @@ def test_case_ack_is_one_row_with_thread_records(factory: sessionmaker[Session])
         assert (item.status, item.attempts, item.to_addr, item.case_id) == ("queued", 0, "anna@acme.example", case_id)
         assert item.next_attempt_at == NOW and item.expires_at == NOW + timedelta(hours=96)
         msg = message_from_bytes(item.data, policy=policy.default)
-        assert msg["Message-ID"] == item.message_id and item.message_id.endswith("@example.com>")
+        assert msg["Message-ID"] == f"<{item.message_id}>" and item.message_id.endswith("@example.com")
         assert msg["Subject"] == f"[Case #{case_id}] Wir haben Ihre Anfrage erhalten: Phones down"
         assert msg["In-Reply-To"] == "<cust@acme.example>"
         assert s.get(ThreadId, (item.message_id, case_id)) is not None
@@ -153,7 +153,7 @@ def test_mark_bounced_blocks_the_address_and_records_on_the_case(factory: sessio
                              context={}, now=NOW, case=case)  # fmt: skip
         mid = item.message_id
     with maild.db.transaction(factory) as s:
-        found = mark_bounced(s, mid.strip("<>"), "A@acme.example", "550 5.1.1 no such user", NOW)
+        found = mark_bounced(s, f"<{mid}>", "A@acme.example", "550 5.1.1 no such user", NOW)
         assert found is not None and found.status == "bounced"
         assert mark_bounced(s, "<unknown@example.com>", None, "x", NOW) is None
     with maild.db.transaction(factory) as s:

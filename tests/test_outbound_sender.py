@@ -87,7 +87,7 @@ def test_temporary_failures_back_off_then_one_copy_is_delivered(
     item = row(factory, item_id)
     assert (item.status, item.attempts, item.sent_at, item.last_error) == ("sent", 4, now, None)
     (copy,) = relay.messages
-    assert copy.message["Message-ID"] == item.message_id
+    assert copy.message["Message-ID"] == f"<{item.message_id}>"
     assert copy.raw.rstrip(b"\r\n") == item.data.rstrip(b"\r\n")  # the stored bytes, unchanged
     assert copy.mail_from == "support@example.com" and copy.rcpt_tos == (CUSTOMER,)
 
@@ -156,7 +156,7 @@ def test_connection_dropped_after_data_is_retried_with_the_same_message_id(
     assert "451" in (row(factory, item_id).last_error or "")
     send_due(factory, settings, NOW + timedelta(minutes=5), relay=fast(settings))
     ids = {m.message["Message-ID"] for m in [*relay.refused, *relay.messages]}
-    assert ids == {row(factory, item_id).message_id} and row(factory, item_id).status == "sent"
+    assert ids == {f"<{row(factory, item_id).message_id}>"} and row(factory, item_id).status == "sent"
 
 
 def test_temporary_failures_expire_after_give_up_hours(

@@ -79,15 +79,15 @@ def test_a_week_of_ticks_sends_each_promised_mail_once(mail_desk: Desk, relay: C
             send_due(mail_desk.factory, mail_desk.settings, t)
         t += timedelta(minutes=10)
 
-    template_of = {i.message_id: i.template for i in mail_desk.outbox()}
-    ids = [str(m.message["Message-ID"]) for m in relay.messages]
+    template_of = {i.message_id.strip("<>"): i.template for i in mail_desk.outbox()}
+    ids = [str(m.message["Message-ID"]).strip("<>") for m in relay.messages]
     assert len(ids) == len(set(ids)) == len(template_of)  # every row delivered, none twice
-    got = Counter((m.rcpt_tos[0], template_of[str(m.message["Message-ID"])]) for m in relay.messages)
+    got = Counter((m.rcpt_tos[0], template_of[mid]) for m, mid in zip(relay.messages, ids, strict=True))
     a2, a3, a4 = (mail_desk.case(n)["assignee"] for n in (2, 3, 4))
     expected = Counter([
         ("peter@initech.example", "ack_new_case"), ("peter@initech.example", "staff_reply"),
         ("peter@initech.example", "no_response_warning"), ("peter@initech.example", "closed_no_response"),
-        ("anna@acme.example", "ack_new_case"), ("anna@acme.example", "staff_reply"), ("anna@acme.example", "staff_reply"),
+        ("anna@acme.example", "ack_new_case"), *[("anna@acme.example", "staff_reply")] * 2,
         (a2, "sla_missed"), ("lead-cloud@example.com", "escalation"),
         ("paula@globex.example", "ack_new_case"), (a3, "sla_missed"), ("lead-cisco@example.com", "escalation"),
         ("peter@initech.example", "ack_new_case"), ("lead-cloud@example.com", "escalation"), (a4, "escalation"),

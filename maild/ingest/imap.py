@@ -12,7 +12,6 @@ pipeline's ``source_key`` (mailbox, UIDVALIDITY, UID) and content-hash dedupe ab
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -39,6 +38,7 @@ from maild.ingest.imap_auth import (
     alert,
     check_safe,
     connect,
+    discard,
     mailbox_urls,
     parse_url,
     report_auth_failure,
@@ -94,11 +94,12 @@ class ImapPoller:
                 raise
             try:
                 self._select(client, now or clock.now())
+                idle = client.has_capability("IDLE")
             except BaseException:
-                client.shutdown()
+                discard(client)
                 raise
             self._client = client
-            log.info("imap %s: connected (IDLE %s)", self.mb.key, "yes" if client.has_capability("IDLE") else "no")
+            log.info("imap %s: connected (IDLE %s)", self.mb.key, "yes" if idle else "no")
         return self._client
 
     def close(self) -> None:
@@ -107,13 +108,12 @@ class ImapPoller:
             try:
                 client.logout()
             except Exception:  # already gone: nothing to tidy
-                client.shutdown()
+                discard(client)
 
     def _drop(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            with contextlib.suppress(OSError):
-                client.shutdown()
+            discard(client)
 
     def _select(self, client: IMAPClient, now: datetime) -> None:
         """SELECT the mailbox and reconcile UIDVALIDITY with the stored cursor (RFC 3501 §2.3.1.1)."""

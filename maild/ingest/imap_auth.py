@@ -13,6 +13,7 @@ smuggle a second command (RELIABILITY S4; imapclient #657, CVE-2025-15366).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import imaplib
 import ipaddress
@@ -212,9 +213,15 @@ def connect(mb: MailboxUrl, settings: Settings, tokens: TokenSource | None) -> I
         _secure(client, mb, context)
         _login(client, mb, tokens)
     except BaseException:
-        client.shutdown()
+        discard(client)
         raise
     return client
+
+
+def discard(client: IMAPClient) -> None:
+    """Close a connection that may already be broken, without masking the error that broke it."""
+    with contextlib.suppress(OSError, IMAPClient.Error):
+        client.shutdown()
 
 
 def _secure(client: IMAPClient, mb: MailboxUrl, context: ssl.SSLContext) -> None:

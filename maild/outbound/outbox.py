@@ -147,6 +147,9 @@ def queue_mail(
 ) -> list[OutboxItem]:
     """Render ``template`` and add one queued OutboxItem per recipient ``(name, email)``.
 
+    Message-IDs are stored without angle brackets, like every id maild.ingest.parse normalises, so
+    the ThreadId rows written here match the In-Reply-To of a customer's answer.
+
     ``context`` holds the template's own keys; ``desk``, ``recipient``, ``org``, ``case`` and ``zone``
     are filled in (``context`` wins where it names them). Skipped, and logged, are: recipients that
     already have a row for ``dedupe_key``, and for automatic mail addresses that hard-bounced
@@ -188,7 +191,7 @@ def _add_row(
     )  # fmt: skip
     item = OutboxItem(
         case_id=number, template=template, from_addr=settings.support_address, to_addr=rcpt.email.lower(),
-        subject=str(msg["Subject"]), message_id=f"<{mid}>", data=serialize(msg), automatic=automatic,
+        subject=str(msg["Subject"]), message_id=mid, data=serialize(msg), automatic=automatic,
         status=OutboxStatus.QUEUED.value, attempts=0, created_at=now, next_attempt_at=now,
         expires_at=now + timedelta(hours=settings.relay.give_up_hours), dedupe_key=row_key,
     )  # fmt: skip
@@ -252,8 +255,7 @@ def mark_bounced(
     A permanent bounce (5.x.x) blocks automatic mail to the address for 30 days, which is what stops
     a bouncing ack from feeding a loop (RELIABILITY L2). Returns the row, or None if not ours.
     """
-    mid = message_id.strip()
-    mid = mid if mid.startswith("<") else f"<{mid}>"
+    mid = message_id.strip().strip("<>").strip()  # stored like inbound ids: without brackets
     stmt = select(OutboxItem).where(OutboxItem.message_id == mid)
     if recipient:
         stmt = stmt.where(OutboxItem.to_addr == recipient.strip().lower())
