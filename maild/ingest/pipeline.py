@@ -222,7 +222,7 @@ def acknowledge(session: Session, settings: Settings, template: str, inbound: In
     if suppressed is None:
         items = send(session, settings, template, to=[(inbound.from_name, sender)], now=now, case=case,
                      in_reply_to=inbound.message_id, references=(*inbound.references, inbound.message_id),
-                     rate_limited=True, **extra)
+                     **extra)
         if items:
             return
         suppressed = "no acknowledgement: sender over its rate limit, bouncing, or not mailable"
@@ -293,7 +293,7 @@ def hold(session: Session, stored: RawMessage, inbound: Inbound | None, reason: 
     session.flush()
     if reply and inbound is not None and sender and reason is HoldReason.UNAUTHORISED:
         send(session, settings, "unauthorised_sender", to=[(inbound.from_name, sender)], now=now, org=org,
-             in_reply_to=inbound.message_id, rate_limited=True, held_subject=inbound.subject)
+             in_reply_to=inbound.message_id, held_subject=inbound.subject)
         if org is not None and settings.intake.notify_mpoc_on_unauthorised:
             mpocs = [(c.name, c.email) for c in primary_mpocs(session, org.id) if c.email != sender]
             send(session, settings, "mpoc_unauthorised_notice", to=mpocs, now=now, org=org,
