@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -337,8 +338,8 @@ class ImapState(Base):
 
     __tablename__ = "imap_state"
     mailbox: Mapped[str] = mapped_column(String(600), primary_key=True)
-    uidvalidity: Mapped[int] = mapped_column(Integer)
-    last_uid: Mapped[int] = mapped_column(Integer, default=0)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)  # 32-bit unsigned: beyond PostgreSQL's int4
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
     last_message_at: Mapped[datetime | None]
     last_alert_at: Mapped[datetime | None]
 

@@ -36,12 +36,17 @@ def _sender(inbound: Inbound) -> str | None:
     return inbound.from_addr
 
 
-def for_new_case(session: Session, inbound: Inbound) -> Allowed | Hold:
-    """May the sender open a case? Only an active MPOC of a known organisation may."""
+def for_new_case(session: Session, inbound: Inbound, *, unverified: str | None = None) -> Allowed | Hold:
+    """May the sender open a case? Only an active MPOC of a known organisation may.
+
+    ``unverified`` (a trusted upstream DMARC failure, ``maild.ingest.headers``) holds the message.
+    """
     sender = _sender(inbound)
     if sender is None:
         detail = "no single readable From address" if inbound.from_count != 1 else "unreadable From address"
         return Hold(HoldReason.UNAUTHORISED, detail, None)
+    if unverified is not None:
+        return Hold(HoldReason.UNAUTHORISED, f"{sender} is unverified: {unverified}", org_by_domain(session, sender))
     contact = contact_by_email(session, sender)
     if contact is not None and contact.is_mpoc:
         return Allowed(contact, None, contact.organisation)
@@ -55,11 +60,14 @@ def for_new_case(session: Session, inbound: Inbound) -> Allowed | Hold:
     return Hold(HoldReason.UNAUTHORISED, detail, org)
 
 
-def for_reply(session: Session, inbound: Inbound, case: Case) -> Allowed | Hold:
-    """May the sender add to ``case``? Staff, the requester, participants and the org's contacts may."""
+def for_reply(session: Session, inbound: Inbound, case: Case, *, unverified: str | None = None) -> Allowed | Hold:
+    """May the sender add to ``case``? Staff, the requester, participants and the org's contacts may;
+    none of them when the sender is ``unverified`` (not even staff: a forged From grants nothing)."""
     sender = _sender(inbound)
     if sender is None:
         return Hold(HoldReason.HIJACK, "no single readable From address", case.organisation)
+    if unverified is not None:
+        return Hold(HoldReason.HIJACK, f"{sender} is unverified: {unverified}", case.organisation)
     staff = staff_by_email(session, sender)
     if staff is not None:
         return Allowed(None, staff, case.organisation)

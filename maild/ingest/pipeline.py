@@ -25,7 +25,8 @@ from maild.db import transaction
 from maild.directory import primary_mpocs
 from maild.enums import HoldReason, Outcome, Status
 from maild.escalation import escalate, wants_escalation
-from maild.ingest import authorize, bounces
+from maild.faults import fault_point
+from maild.ingest import authorize, bounces, headers, limits
 from maild.ingest.parse import Inbound, ParseError, parse
 from maild.ingest.raw import RawMail
 from maild.ingest.screen import ScreenContext, no_ack_reason, screen
@@ -58,6 +59,7 @@ def run_ingest(
     now = now or clock.now()
     with transaction(factory) as session:
         result = ingest(session, raw, now=now, settings=settings)
+        fault_point("before_commit")
     log.info("message %s: %s case=%s (%s) in %.0f ms", result.message_id, result.outcome.value, result.case,
              result.reason, (time.monotonic() - started) * 1000)
     return result
@@ -108,10 +110,15 @@ def store_raw(session: Session, raw: RawMail, now: datetime) -> tuple[RawMessage
 
 def process(session: Session, raw: RawMail, stored: RawMessage, *, now: datetime,
             settings: Settings) -> IngestResult:
+    over = limits.check(raw.data, limits.limits_for(settings))  # before the parser sees it (rule 7)
+    if over is not None:
+        return hold(session, stored, None, HoldReason.UNPROCESSABLE, over, None, now, settings, reply=False)
     try:
         inbound = parse(raw)
     except ParseError as exc:
         return hold(session, stored, None, HoldReason.UNPROCESSABLE, str(exc), None, now, settings, reply=False)
+    screened = headers.screen_headers(inbound, settings.security)  # before any policy reads a header (S7)
+    inbound, unverified = screened.inbound, screened.unverified
     stored.message_id = inbound.message_id[:998]
     earlier = _earlier_copy(session, inbound, stored)
     if earlier is not None:
@@ -123,9 +130,9 @@ def process(session: Session, raw: RawMail, stored: RawMessage, *, now: datetime
         return record_ignored(session, inbound, stored, now, skip.reason)
     match = find_case(session, inbound, settings)
     if match is None:
-        return new_conversation(session, inbound, stored, now, settings)
+        return new_conversation(session, inbound, stored, now, settings, unverified)
     case = follow_duplicates(session, match.case)
-    auth = authorize.for_reply(session, inbound, case)
+    auth = authorize.for_reply(session, inbound, case, unverified=unverified)
     if isinstance(auth, authorize.Hold):
         return hold(session, stored, inbound, auth.reason, auth.detail, auth.organisation, now, settings,
                     case=case, reply=False)
@@ -174,10 +181,11 @@ def intake_kind(inbound: Inbound, settings: Settings) -> str:
 
 
 def new_conversation(session: Session, inbound: Inbound, stored: RawMessage, now: datetime,
-                     settings: Settings) -> IngestResult:
-    auth = authorize.for_new_case(session, inbound)
-    if isinstance(auth, authorize.Hold):
-        return hold(session, stored, inbound, auth.reason, auth.detail, auth.organisation, now, settings)
+                     settings: Settings, unverified: str | None = None) -> IngestResult:
+    auth = authorize.for_new_case(session, inbound, unverified=unverified)
+    if isinstance(auth, authorize.Hold):  # no polite reply to a forged From (backscatter)
+        return hold(session, stored, inbound, auth.reason, auth.detail, auth.organisation, now, settings,
+                    reply=unverified is None)
     decision = decide(None, now=now)
     return apply(session, decision, None, inbound, stored, auth.organisation, now, settings)
 

@@ -33,6 +33,7 @@ from sqlalchemy.orm import sessionmaker
 
 from maild import clock
 from maild.config import Settings
+from maild.faults import fault_point
 from maild.ingest.raw import RawMail
 from maild.logs import MESSAGE_LINE
 
@@ -198,6 +199,7 @@ class IntakeHandler:
             # RELIABILITY rule 1 / D4: a storage failure is 4yz so the MTA retries; no details out.
             log.exception("intake of %s from %s failed; answered 451", message_id, raw.peer)
             return REPLY_LOCAL_ERROR
+        fault_point("after_commit_before_reply")  # tests only (MAILD_FAULT): committed, no 250 yet (D2)
         duration_ms = int((time.monotonic() - started) * 1000)
         # run_ingest logs the message's INFO line itself; this one adds the SMTP side.
         log.debug(MESSAGE_LINE + " peer=%s", result.message_id, result.outcome, result.case,

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from maild.config import Settings
 from maild.db import transaction
 from maild.enums import OutboxStatus
+from maild.faults import fault_point
 from maild.models import CaseEvent, OutboxItem, Staff
 from maild.outbound.outbox import claim_due, queue_mail
 from maild.outbound.relay import Deliverable, PermanentFailure, Relay, TemporaryFailure
@@ -75,6 +76,7 @@ def send_due(
         error: Exception | None = None
         try:
             relay.deliver(_AsDeliverable(item))
+            fault_point("after_send_before_mark")  # tests only (MAILD_FAULT): relayed, row not yet marked
         except (TemporaryFailure, PermanentFailure) as exc:
             error = exc
         with transaction(factory) as session:

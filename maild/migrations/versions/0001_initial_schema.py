@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 01:02:43.858687
+Create Date: 2026-11-22 01:32:37.683718
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import maild.models
+
 
 revision: str = '0001'
 down_revision: str | None = None
@@ -35,8 +36,8 @@ def upgrade() -> None:
     )
     op.create_table('imap_state',
     sa.Column('mailbox', sa.String(length=600), nullable=False),
-    sa.Column('uidvalidity', sa.Integer(), nullable=False),
-    sa.Column('last_uid', sa.Integer(), nullable=False),
+    sa.Column('uidvalidity', sa.BigInteger(), nullable=False),
+    sa.Column('last_uid', sa.BigInteger(), nullable=False),
     sa.Column('last_message_at', maild.models.UTCDateTime(), nullable=True),
     sa.Column('last_alert_at', maild.models.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('mailbox', name=op.f('pk_imap_state'))
