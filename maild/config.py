@@ -131,6 +131,7 @@ class MaintenanceSettings:
     monthly_products: list[str] = field(default_factory=list)  # empty: every product
     connect_products: list[str] = field(default_factory=lambda: ["connect"])
     connect_first_sprint: str = "2026-01-06"
+    plan_ahead_days: int = 60  # the scheduler keeps recurring windows planned this far ahead; 0: only by hand
     monthly_description: str = "Monthly planned maintenance of the platform."
     monthly_reason: str = "Keeping the platform secure and up to date."
     connect_description: str = "Connect update (3-week sprint release)."

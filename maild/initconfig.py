@@ -76,6 +76,7 @@ trusted_authserv_ids = []        # your MTA's Authentication-Results id, to hono
 [maintenance]
 connect_products = ["connect"]
 connect_first_sprint = "2026-01-06"
+plan_ahead_days = 60             # recurring windows are planned this far ahead automatically; 0: by hand
 """
 
 

@@ -240,6 +240,17 @@ def plan(session: Session, settings: Settings, *, until: date, now: datetime) ->
     return created
 
 
+def plan_ahead(session: Session, settings: Settings, now: datetime) -> list[dict[str, Any]]:
+    """Keep the recurring windows planned ``[maintenance] plan_ahead_days`` ahead (checked once a day),
+    so their reminders go out without anyone running ``maild maintenance plan``."""
+    days = settings.maintenance.plan_ahead_days
+    today = now.astimezone(settings.zone).date()
+    if days <= 0 or not mark_once(session, f"maint-plan-ahead:{today.isoformat()}", now):
+        return []
+    created = plan(session, settings, until=today + timedelta(days=days), now=now)
+    return [{"action": "planned", "window": w.id, "kind": w.kind, "start": iso(w.start)} for w in created]
+
+
 def get_window(session: Session, window_id: int) -> MaintenanceWindow:
     window = session.get(MaintenanceWindow, window_id)
     if window is None:
@@ -295,4 +306,4 @@ def edit_window(
 
 # The master-case update reminder lives with the notice rules until the scheduler lists master.RULES;
 # the status page comes last so that it sees what the rules before it published.
-RULES: tuple[Rule, ...] = (send_due_notices, *master.RULES, status_page.publish_rule)
+RULES: tuple[Rule, ...] = (plan_ahead, send_due_notices, *master.RULES, status_page.publish_rule)

@@ -31,7 +31,8 @@ def mt(*args: int) -> datetime:
     return datetime(*args, tzinfo=MT)  # type: ignore[misc]
 
 
-def write_config(directory: Path, *, database_url: str, relay_port: int = 2525, extra: str = "") -> Path:
+def write_config(directory: Path, *, database_url: str, relay_port: int = 2525, extra: str = "",
+                 plan_ahead_days: int = 0) -> Path:
     path = directory / "maild.toml"
     path.write_text(f"""
 [database]
@@ -48,6 +49,8 @@ address = "support@example.com"
 extra = {{ "macd@example.com" = "macd", "billing@example.com" = "billing" }}
 [security]
 secret = "test-secret"
+[maintenance]
+plan_ahead_days = {plan_ahead_days}
 {extra}
 """, encoding="utf-8")
     return path

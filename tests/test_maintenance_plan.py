@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from helpers import Desk
 
 
@@ -81,3 +83,22 @@ def test_edit_before_any_notice_changes_quietly_and_cancel_of_unknown_window_fai
     assert code == 1 and "no maintenance window 999" in err
     cancelled = desk.cli_json("maintenance", "cancel", wid, "--now", "2027-01-02T09:00")
     assert cancelled["status"] == "cancelled" and cancelled["sent"] == []
+
+
+def test_scheduler_plans_recurring_windows_ahead_once_a_day(tmp_path: Path) -> None:
+    # With plan_ahead_days the daemon's tick plans the monthly and Connect windows itself, once a day.
+    from helpers import mt, write_config
+
+    from maild.scheduler import tick
+
+    d = Desk(write_config(tmp_path, database_url=f"sqlite:///{tmp_path}/m.db", plan_ahead_days=40))
+    actions = tick(d.factory, d.settings, mt(2026, 11, 22, 9, 0))
+    planned = [a for a in actions if a.get("action") == "planned"]
+    starts = sorted(a["start"][:10] for a in planned if a["kind"] == "monthly")
+    assert starts == ["2026-12-19"]  # 2026-12-18 22:00 MST is 2026-12-19 05:00 UTC; the next is 2027-01-15
+    assert all(a["kind"] in ("monthly", "connect") for a in planned)
+    again = tick(d.factory, d.settings, mt(2026, 11, 22, 9, 1))
+    assert [a for a in again if a.get("action") == "planned"] == []
+    listed = d.cli_json("maintenance", "list", "--json")
+    assert len(listed) == len(planned)
+    d.close()
