@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 import nh3
@@ -183,7 +183,7 @@ def follow_duplicates(session: Session, case: Case) -> Case:
 
 
 def _iso(t: datetime | None) -> str | None:
-    return t.isoformat().replace("+00:00", "Z") if t else None
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else None
 
 
 def case_json(case: Case) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from maild.db import open_store, transaction
 from maild.directory import DirectoryError, import_records, read_file
 from maild.enums import Status
 from maild.held import HeldError, accept_held, drop_held, held_json
+from maild.macd import billing, log_time
 from maild.models import Case, Contact, HeldMessage, Organisation, OutboxItem, Staff
 from maild.staff import StaffError, change_case, get_case, mark_duplicate, staff_reply
 
@@ -173,7 +174,9 @@ def cmd_cases_list(args: argparse.Namespace) -> int:
 def cmd_cases_show(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     with transaction(store(settings)) as session:
-        detail = case_detail_json(session, get_case(session, args.number))
+        case = get_case(session, args.number)
+        detail = case_detail_json(session, case)
+        detail["billing"] = billing(session, case)
     if args.json:
         print(json.dumps(detail, ensure_ascii=False))
         return 0
@@ -211,13 +214,26 @@ def cmd_cases_set(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     now = now_of(args, settings)
     etr, until = when(args.etr, settings), when(args.until, settings)
-    if not any((args.status, args.priority, etr, args.assign)):
-        raise StaffError("nothing to change: give --status, --priority, --etr or --assign")
+    expedited = None if args.expedited is None else args.expedited == "yes"
+    if not any((args.status, args.priority, etr, args.assign, expedited is not None)):
+        raise StaffError("nothing to change: give --status, --priority, --etr, --assign or --expedited")
     with transaction(store(settings)) as session:
         case = get_case(session, args.number)
         change_case(session, settings, case, actor=_actor(session, case, args.as_), now=now, status=args.status,
-                    priority=args.priority, etr=etr, assignee=args.assign, hold_until=until)
+                    priority=args.priority, etr=etr, assignee=args.assign, hold_until=until, expedited=expedited)
         out = case_json(case)
+    emit(out)
+    return 0
+
+
+def cmd_cases_log_time(args: argparse.Namespace) -> int:
+    settings = settings_of(args)
+    now = now_of(args, settings)
+    with transaction(store(settings)) as session:
+        case = get_case(session, args.number)
+        log_time(session, case, minutes=args.minutes, staff=_actor(session, case, args.as_), now=now, note=args.note)
+        session.flush()
+        out = {"case": case.id, **billing(session, case)}
     emit(out)
     return 0
 

@@ -13,7 +13,7 @@ from maild.cases import add_inbound, open_case, record_event
 from maild.config import Settings
 from maild.directory import org_by_domain
 from maild.enums import HoldReason
-from maild.ingest.parse import ParseError, parse
+from maild.ingest.parse import Inbound, ParseError, parse
 from maild.ingest.raw import RawMail
 from maild.mail import send
 from maild.models import Case, HeldMessage, Organisation, RawMessage
@@ -36,12 +36,23 @@ def _raw_mail(row: RawMessage) -> RawMail:
                    peer=row.peer, helo=row.helo, tls=row.tls, received_at=row.received_at)
 
 
+def raw_inbound(row: RawMessage) -> Inbound:
+    try:
+        return parse(_raw_mail(row))
+    except ParseError as exc:
+        raise HeldError(f"stored message {row.id} cannot be read: {exc}") from None
+
+
 def accept_held(session: Any, settings: Settings, held: HeldMessage, *, actor: str, now: datetime) -> None:
     if held.status != "held":
         raise HeldError(f"held message {held.id} is already {held.status}")
     row = session.get(RawMessage, held.raw_id)
     if held.reason == HoldReason.UNPROCESSABLE.value:
         _reprocess(session, settings, held, row, now)
+    elif held.reason == HoldReason.MACD_APPROVAL.value:
+        from maild.macd import approve
+
+        approve(session, settings, held, approver=actor, now=now)
     else:
         try:
             inbound = parse(_raw_mail(row))

@@ -63,7 +63,7 @@ def staff_reply(
 def change_case(
     session: Session, settings: Settings, case: Case, *, actor: str, now: datetime,
     status: str | None = None, priority: str | None = None, etr: datetime | None = None,
-    assignee: str | None = None, hold_until: datetime | None = None,
+    assignee: str | None = None, hold_until: datetime | None = None, expedited: bool | None = None,
 ) -> None:
     """``maild cases set``: every check runs before the first change."""
     new_status = _parse_status(status) if status else None
@@ -87,6 +87,12 @@ def change_case(
     if new_prio is not None and new_prio.value != case.priority:
         record_event(session, case, kind="priority", actor=actor, now=now, old=case.priority, new=new_prio.value)
         case.priority = new_prio.value
+        update_clocks(case, settings, now)
+    if expedited is not None and expedited != case.expedited:
+        if case.kind != "macd":
+            raise StaffError(f"case {case.id} is not a MACD request; only MACD work is expedited")
+        case.expedited = expedited
+        record_event(session, case, kind="expedited", actor=actor, now=now, expedited=expedited)
         update_clocks(case, settings, now)
     if etr is not None:
         case.etr = etr

@@ -57,6 +57,7 @@ def sample_context(name: str) -> dict[str, Any]:
         "filename": "acme-2026-11.pdf",
         "requester": {"name": "Eve User", "email": "eve@acme.example"},
         "request_subject": "Add a user",
+        "approvers": ["Anna Admin <anna@acme.example>"],
     }  # fmt: skip
     return ctx
 

@@ -18,11 +18,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from maild import clock
+from maild import clock, macd
 from maild.cases import add_inbound, follow_duplicates, open_case, record_event, set_status
 from maild.config import Settings
 from maild.db import transaction
-from maild.directory import primary_mpocs
+from maild.directory import contact_by_email, primary_mpocs
 from maild.enums import HoldReason, Outcome, Status
 from maild.escalation import escalate, wants_escalation
 from maild.faults import fault_point
@@ -128,6 +128,10 @@ def process(session: Session, raw: RawMail, stored: RawMessage, *, now: datetime
         if skip.kind == "bounce":
             return record_bounce(session, inbound, now, skip.reason)
         return record_ignored(session, inbound, stored, now, skip.reason)
+    approval = macd.held_for_approval_reply(session, inbound) if unverified is None else None
+    answered = macd.answer(session, settings, approval, inbound, stored, now) if approval else None
+    if answered is not None:
+        return IngestResult(inbound.message_id, *answered)
     match = find_case(session, inbound, settings)
     if match is None:
         return new_conversation(session, inbound, stored, now, settings, unverified)
@@ -184,10 +188,30 @@ def new_conversation(session: Session, inbound: Inbound, stored: RawMessage, now
                      settings: Settings, unverified: str | None = None) -> IngestResult:
     auth = authorize.for_new_case(session, inbound, unverified=unverified)
     if isinstance(auth, authorize.Hold):  # no polite reply to a forged From (backscatter)
+        if unverified is None and intake_kind(inbound, settings) == "macd" \
+                and _known_contact(session, inbound, auth.organisation):
+            return hold_macd(session, stored, inbound, auth.organisation, now, settings)
         return hold(session, stored, inbound, auth.reason, auth.detail, auth.organisation, now, settings,
                     reply=unverified is None)
     decision = decide(None, now=now)
     return apply(session, decision, None, inbound, stored, auth.organisation, now, settings)
+
+
+def _known_contact(session: Session, inbound: Inbound, org: Organisation | None) -> bool:
+    contact = contact_by_email(session, inbound.from_addr)
+    return org is not None and contact is not None and contact.active and contact.organisation_id == org.id \
+        and bool(primary_mpocs(session, org.id))
+
+
+def hold_macd(session: Session, stored: RawMessage, inbound: Inbound, org: Organisation | None, now: datetime,
+              settings: Settings) -> IngestResult:
+    """A MACD request from a known non-MPOC contact waits for an MPOC's approval (SPEC §5)."""
+    assert org is not None
+    result = hold(session, stored, inbound, HoldReason.MACD_APPROVAL, f"{inbound.from_addr} is not an MPOC; "
+                  f"approval requested from {org.name}'s primary MPOC", org, now, settings, reply=False)
+    held = session.scalars(select(HeldMessage).where(HeldMessage.raw_id == stored.id)).one()
+    macd.request_approval(session, settings, held, inbound, org, now)
+    return result
 
 
 def apply(session: Session, decision: Decision, case: Case | None, inbound: Inbound, stored: RawMessage,

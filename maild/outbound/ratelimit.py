@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from maild.config import Settings
 from maild.models import OutboxItem
 
-ACK_TEMPLATES = frozenset({"ack_new_case", "ack_reopened", "ack_linked_case"})
+ACK_TEMPLATES = frozenset({"ack_new_case", "ack_reopened", "ack_linked_case", "macd_awaiting_approval"})
 UNAUTHORISED = "unauthorised_sender"
 # Told to an MPOC once per held message: a flood from one of their users must not flood them too.
 MPOC_NOTICE = "mpoc_unauthorised_notice"
