@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from helpers import Desk, write_config
+from servers import CaptureRelay
 
 pytest_plugins = ["plugin_servers"]
 
@@ -24,13 +25,26 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def desk(tmp_path: Path, store_url: str) -> Iterator[Desk]:
+def make_desk(tmp_path: Path, store_url: str) -> Iterator[Callable[..., Desk]]:
+    """Build a desk on this test's store with the example directory, optionally sending to a relay."""
+    made: list[Desk] = []
+
+    def make(*, relay: CaptureRelay | None = None, extra: str = "") -> Desk:
+        port = relay.port if relay is not None else 2525
+        d = Desk(write_config(tmp_path, database_url=store_url, relay_port=port, extra=extra))
+        d.import_directory(REPO / "examples" / "directory.toml")
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.close()
+
+
+@pytest.fixture
+def desk(make_desk: Callable[..., Desk]) -> Desk:
     """A configured desk with the example directory imported, no relay."""
-    cfg = write_config(tmp_path, database_url=store_url)
-    d = Desk(cfg)
-    d.import_directory(REPO / "examples" / "directory.toml")
-    yield d
-    d.close()
+    return make_desk()
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import Desk, build_mail, mt, write_config
+from helpers import Desk, build_mail, mt
 from servers import CaptureRelay
 
 from maild.escalation import cmd_cases_escalate, wants_escalation
@@ -24,12 +24,9 @@ levels = { "2" = { "cloud" = ["lead-cloud@example.com"], "cisco" = ["lead-cisco@
 
 
 @pytest.fixture
-def mail_desk(tmp_path: Path, store_url: str, relay: CaptureRelay) -> Iterator[Desk]:
+def mail_desk(make_desk: Callable[..., Desk], relay: CaptureRelay) -> Desk:
     """The example desk with a three-level escalation path, delivering to the capture relay."""
-    d = Desk(write_config(tmp_path, database_url=store_url, relay_port=relay.port, extra=ESCALATION))
-    d.import_directory(REPO / "examples" / "directory.toml")
-    yield d
-    d.close()
+    return make_desk(relay=relay, extra=ESCALATION)
 
 
 @pytest.mark.parametrize("text", [

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Desk, build_mail, mt, write_config
+from helpers import Desk, build_mail, mt
 from servers import CaptureRelay
 
 from maild import timers
@@ -20,12 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def mail_desk(tmp_path: Path, store_url: str, relay: CaptureRelay) -> Iterator[Desk]:
+def mail_desk(make_desk: Callable[..., Desk], relay: CaptureRelay) -> Desk:
     """The example desk, delivering to the capture relay."""
-    d = Desk(write_config(tmp_path, database_url=store_url, relay_port=relay.port))
-    d.import_directory(REPO / "examples" / "directory.toml")
-    yield d
-    d.close()
+    return make_desk(relay=relay)
 
 
 def open_and_ask(desk: Desk, opened: datetime, asked: str) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import Desk, build_mail, mt, write_config
+from helpers import Desk, build_mail, mt
 from servers import CaptureRelay
 
 from maild.outbound.sender import run_until_empty
@@ -19,12 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def relay_desk(tmp_path: Path, store_url: str, relay: CaptureRelay) -> Iterator[Desk]:
+def relay_desk(make_desk: Callable[..., Desk], relay: CaptureRelay) -> Desk:
     """The example directory on SQLite and on PostgreSQL, sending through the test relay."""
-    d = Desk(write_config(tmp_path, database_url=store_url, relay_port=relay.port))
-    d.import_directory(REPO / "examples" / "directory.toml")
-    yield d
-    d.close()
+    return make_desk(relay=relay)
 
 
 def updates_at(relay: CaptureRelay) -> Counter[str]:

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from helpers import Desk, build_mail, mt, write_config
+from helpers import Desk, build_mail, mt
 from servers import CaptureRelay
 
 from maild.outbound.sender import send_due
@@ -22,12 +22,9 @@ levels = { "2" = { "cloud" = ["lead-cloud@example.com"] }, "3" = { "*" = ["head@
 
 
 @pytest.fixture
-def mail_desk(tmp_path: Path, store_url: str, relay: CaptureRelay) -> Iterator[Desk]:
+def mail_desk(make_desk: Callable[..., Desk], relay: CaptureRelay) -> Desk:
     """The example desk with a two-level escalation path, delivering to the capture relay."""
-    d = Desk(write_config(tmp_path, database_url=store_url, relay_port=relay.port, extra=ESCALATION))
-    d.import_directory(REPO / "examples" / "directory.toml")
-    yield d
-    d.close()
+    return make_desk(relay=relay, extra=ESCALATION)
 
 
 def open_case(desk: Desk, opened: datetime, priority: str | None = None, mid: str = "<m1@initech.example>") -> int:

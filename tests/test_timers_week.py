@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import Desk, build_mail, mt, write_config
+from helpers import Desk, build_mail, mt
 from servers import CaptureRelay
 
 from maild.outbound.sender import send_due
@@ -26,12 +26,9 @@ PETER, ANNA, PAULA = "Peter <peter@initech.example>", "Anna <anna@acme.example>"
 
 
 @pytest.fixture
-def mail_desk(tmp_path: Path, store_url: str, relay: CaptureRelay) -> Iterator[Desk]:
+def mail_desk(make_desk: Callable[..., Desk], relay: CaptureRelay) -> Desk:
     """The example desk with an escalation path, delivering to the capture relay."""
-    d = Desk(write_config(tmp_path, database_url=store_url, relay_port=relay.port, extra=ESCALATION))
-    d.import_directory(REPO / "examples" / "directory.toml")
-    yield d
-    d.close()
+    return make_desk(relay=relay, extra=ESCALATION)
 
 
 def script(desk: Desk) -> list[tuple[datetime, Callable[[], object]]]:
