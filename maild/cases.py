@@ -163,6 +163,7 @@ def store_attachment(session: Session, msg: CaseMessage, filename: str, content_
     digest = hashlib.sha256(data).hexdigest()
     if session.get(Blob, digest) is None:
         session.add(Blob(sha256=digest, size=len(data), data=data))
+        session.flush()  # the blob row before the attachment row that references it (no ORM relationship orders them)
     session.add(AttachmentRow(message_id=msg.id, filename=filename, content_type=content_type[:255],
                               size=len(data), sha256=digest, token=secrets.token_urlsafe(24)))
 

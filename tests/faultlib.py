@@ -207,13 +207,14 @@ class MaildProcess:
         self.config, self.port, self.log = config, port, log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, fault: str | None = None) -> MaildProcess:
+    def start(self, fault: str | None = None, wrapper: list[str] | None = None) -> MaildProcess:
         env = {k: v for k, v in os.environ.items() if k not in ("MAILD_FAULT", "NOTIFY_SOCKET")}
         env["PYTHONPATH"] = str(REPO)
         if fault:
             env["MAILD_FAULT"] = fault
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "maild", "--config", str(self.config), "run"],
+            command = [*(wrapper or []), sys.executable, "-m", "maild", "--config", str(self.config), "run"]
+            self.proc = subprocess.Popen(command,
                                          env=env, stdout=log, stderr=log, cwd=REPO)  # fmt: skip
         deadline = time.monotonic() + 30
         while True:

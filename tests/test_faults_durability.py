@@ -24,7 +24,7 @@ from helpers import Desk, write_config
 from servers import PostgresServer
 from sqlalchemy import create_engine, text
 
-from maild.db import make_engine, make_sessionmaker, migrate
+from maild.db import make_engine, make_sessionmaker
 from maild.ingest.smtp import make_controller
 
 
@@ -184,10 +184,3 @@ def test_postgres_stopped_during_data_answers_451_then_lands_once(
     check_no_loss(pg_url, ledger)
     desk.close()
 
-
-def test_migrated_store_is_reopened_by_each_restart(tmp_path: Path) -> None:
-    # The restart path the tests above rely on: opening (and migrating) an existing store twice is a no-op.
-    engine = make_engine(f"sqlite:///{tmp_path}/x.db")
-    migrate(engine)
-    migrate(engine)
-    engine.dispose()

@@ -298,3 +298,22 @@ def test_reply_time_window_is_measured_from_closing(desk: Desk) -> None:
     closed_at = mt(2026, 11, 2, 10, 0)
     r = desk.ingest(build_mail(subject="Re: [Case #1]", message_id="<r9@i>"), now=closed_at + timedelta(days=7))
     assert r.outcome.value == "reopened"
+
+
+def test_attachments_are_kept_with_the_case_message(desk: Desk) -> None:
+    # A screenshot and a log file arrive with the case; `cases show` lists them with their hash and size.
+    import hashlib
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "peter@initech.example", "support@example.com", "Screens attached"
+    msg["Message-ID"] = "<att@initech.example>"
+    msg.set_content("See attached.\n")
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
+    msg.add_attachment(png, maintype="image", subtype="png", filename="screen.png")
+    msg.add_attachment(b"line 1\nline 2\n", maintype="text", subtype="plain", filename="../../app.log")
+    r = desk.ingest(msg.as_bytes())
+    assert r.outcome.value == "new-case"
+    atts = desk.case(1)["messages"][0]["attachments"]
+    assert [(a["filename"], a["size"]) for a in atts] == [("screen.png", len(png)), ("app.log", 14)]
+    assert atts[0]["sha256"] == hashlib.sha256(png).hexdigest()
