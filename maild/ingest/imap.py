@@ -13,8 +13,6 @@ pipeline's ``source_key`` (mailbox, UIDVALIDITY, UID) and content-hash dedupe ab
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +28,7 @@ from maild import clock
 from maild.config import Settings
 from maild.db import transaction
 from maild.enums import Outcome
+from maild.faults import fault_point
 from maild.ingest.imap_auth import (
     ImapAuthError,
     ImapConfigError,
@@ -55,12 +54,6 @@ FETCH_BYTES = 32 * 1024 * 1024  # bodies fetched per round trip (one message mor
 SEEN, DELETED = b"\\Seen", b"\\Deleted"
 _wait_connection = wait_exponential(multiplier=1, min=1, max=60)
 _wait_auth = wait_exponential(multiplier=10, min=10, max=900)  # a refused login gets far fewer tries
-
-
-def _fault(point: str) -> None:
-    """Test hook (RELIABILITY fault points): die at ``point`` as a power cut would."""
-    if os.environ.get("MAILD_FAULT") == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class ImapPoller:
@@ -182,7 +175,7 @@ class ImapPoller:
         limit = self.settings.smtp.max_message_size
         wanted = [u for u in uids if sizes[u] <= limit]
         bodies = {u: d[b"BODY[]"] for u, d in client.fetch(wanted, ["BODY.PEEK[]"]).items()} if wanted else {}
-        _fault("after_fetch")
+        fault_point("after_fetch")
         done: dict[int, str] = {}  # uid -> destination folder, in commit order
         ok = True
         for uid in uids:
@@ -203,7 +196,7 @@ class ImapPoller:
                               self.mb.key, uid)
                 self.incomplete, ok = True, False
                 break
-            _fault("after_commit_before_move")
+            fault_point("after_commit_before_move")
             results.append(result)
             done[uid] = self.failed if self._unprocessable(result, uid) else self.processed
         self._file(client, done, now or clock.now())

@@ -157,10 +157,9 @@ def _addresses(msg: Message, name: str) -> tuple[list[tuple[str, str]], bool]:
 
     Returns also whether anything in the header could not be read as an address.
     """
-    values: list[str] = []
-    for key, raw in msg.raw_items():
-        if key.lower() == name.lower():
-            values.append(_decode_words(str(raw)))
+    # Addresses are parsed from the header as written; only display names are decoded afterwards, so an
+    # encoded word (RFC 2047) can never inject address syntax such as "<evil@x>" or a comma.
+    values = [str(raw) for key, raw in msg.raw_items() if key.lower() == name.lower()]
     if not values:
         return [], False
     try:
@@ -174,10 +173,11 @@ def _addresses(msg: Message, name: str) -> tuple[list[tuple[str, str]], bool]:
     bad = False
     for disp, addr in pairs:
         addr = addr.strip()
-        if not addr or "@" not in addr or addr.count("@") != 1 or _CTL_RE.search(addr) or " " in addr:
-            bad = True
+        local, _, domain = addr.partition("@")
+        if not local or not domain or "@" in domain or _CTL_RE.search(addr) or " " in addr:
+            bad = True  # e.g. "a@b@c", which Python before 3.11.10 reads as "@c"
             continue
-        good.append((clean_header_text(disp), unsurrogate(addr).lower()))
+        good.append((clean_header_text(_decode_words(disp)), unsurrogate(addr).lower()))
     return good, bad
 
 
