@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from maild import clock
 from maild.config import Settings
 from maild.db import open_store
-from maild.ingest.smtp import IngestFn, start_server
+from maild.ingest.smtp import IngestFn
+from maild.ingest.smtp_server import start_server
 from maild.notify import notify, watchdog_interval
 
 log = logging.getLogger(__name__)

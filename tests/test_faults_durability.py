@@ -25,7 +25,7 @@ from servers import PostgresServer
 from sqlalchemy import create_engine, text
 
 from maild.db import make_engine, make_sessionmaker
-from maild.ingest.smtp import make_controller
+from maild.ingest.smtp_server import make_controller
 
 
 def make_desk(tmp_path: Path, database_url: str, port: int) -> Desk:

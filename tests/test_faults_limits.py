@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from maild.db import transaction
 from maild.ingest import limits
-from maild.ingest.smtp import ThreadedIntake, make_controller
+from maild.ingest.smtp_server import ThreadedIntake, make_controller
 from maild.models import Blob, HeldMessage, RawMessage
 
 NOW = mt(2026, 11, 20, 10, 5)

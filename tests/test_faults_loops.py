@@ -20,7 +20,7 @@ from servers import CaptureRelay
 from sqlalchemy import select
 
 from maild.db import transaction
-from maild.ingest.smtp import make_controller
+from maild.ingest.smtp_server import make_controller
 from maild.models import CaseEvent, RawMessage
 from maild.outbound.relay import Relay
 from maild.outbound.sender import run_until_empty

@@ -20,7 +20,8 @@ from maild.config import Settings, SmtpSettings
 from maild.enums import Outcome
 from maild.ingest.pipeline import IngestResult
 from maild.ingest.raw import RawMail
-from maild.ingest.smtp import IntakeHandler, ThreadedIntake, make_controller
+from maild.ingest.smtp import IntakeHandler
+from maild.ingest.smtp_server import ThreadedIntake, make_controller
 
 SETTINGS = Settings(smtp=SmtpSettings(max_message_size=2_000_000))
 MESSAGE = b"From: alice@customer.example\r\nMessage-ID: <m1@customer.example>\r\nSubject: hi\r\n\r\nbody\r\n"

@@ -19,7 +19,8 @@ from maild.config import IntakeSettings, Settings, SmtpSettings
 from maild.enums import Outcome
 from maild.ingest.pipeline import IngestResult
 from maild.ingest.raw import RawMail
-from maild.ingest.smtp import IngestFn, ThreadedIntake, make_controller
+from maild.ingest.smtp import IngestFn
+from maild.ingest.smtp_server import ThreadedIntake, make_controller
 
 SETTINGS = Settings(
     intake=IntakeSettings(address="support@example.com", extra={"macd@example.com": "macd"}),

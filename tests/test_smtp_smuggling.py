@@ -18,7 +18,7 @@ from maild.config import Settings
 from maild.enums import Outcome
 from maild.ingest.pipeline import IngestResult
 from maild.ingest.raw import RawMail
-from maild.ingest.smtp import ThreadedIntake, make_controller
+from maild.ingest.smtp_server import ThreadedIntake, make_controller
 
 SMUGGLED = (b"MAIL FROM:<ceo@example.com>\r\nRCPT TO:<support@example.com>\r\nDATA\r\n"
             b"From: ceo@example.com\r\nSubject: spoofed\r\n\r\nwire the money\r\n")

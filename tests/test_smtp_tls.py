@@ -23,7 +23,7 @@ from maild.config import Settings, SmtpSettings
 from maild.enums import Outcome
 from maild.ingest.pipeline import IngestResult
 from maild.ingest.raw import RawMail
-from maild.ingest.smtp import ThreadedIntake, make_controller
+from maild.ingest.smtp_server import ThreadedIntake, make_controller
 
 MESSAGE = b"From: alice@customer.example\r\nSubject: hi\r\n\r\nbody\r\n"
 

@@ -4,14 +4,7 @@
 ``IntakeHandler`` decides every reply: RCPT accepts only intake and reply addresses, MAIL checks
 SIZE, DATA bounds the message cheaply and then hands it to ``run_ingest`` in a worker thread,
 answering ``250`` only after that returned, i.e. after the commit (RELIABILITY rule 1).
-``IntakeSMTP`` is aiosmtpd's protocol plus what a daemon needs: a registry of live sessions, a
-connection cap, ``421`` on shutdown, and maild's reply strings instead of aiosmtpd's built-in ones.
-
-Why ``loop.create_server`` and not aiosmtpd's ``Controller``: the Controller owns a private loop
-in its own thread and ``stop()`` drops every session at once. The daemon instead serves SMTP on
-its own loop, so it can stop accepting, let in-flight DATA finish and answer ``421`` to idle
-sessions (RELIABILITY D9), and ping the systemd watchdog from the loop that serves SMTP, so a
-wedged loop stops the pings. ``make_controller`` wraps the same server in a thread for tests.
+The server around it (sessions, connection cap, STARTTLS, shutdown drain) is ``smtp_server``.
 """
 
 from __future__ import annotations
@@ -20,12 +13,9 @@ import asyncio
 import logging
 import re
 import shutil
-import socket
-import ssl
-import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, AnyStr
+from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy.orm import Session as DbSession
@@ -63,11 +53,6 @@ MAX_HEADER_BYTES = 1024 * 1024  # RELIABILITY R3: a header flood is refused befo
 MAX_CONNECTIONS = 200  # RELIABILITY R7: a connection cap; the MTA queues and retries on 421
 DISK_HEADROOM = 1.5  # RELIABILITY D4: 452 4.3.1 at MAIL when free space < 1.5 x max size
 
-# aiosmtpd answers these itself before any hook runs; say them in maild's words.
-_BUILTIN_REPLIES = {
-    "552 Error: message size exceeds fixed maximum message size": REPLY_TOO_BIG,
-    "552 Error: Too much mail data": REPLY_TOO_BIG,
-}
 _RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _MESSAGE_ID = re.compile(rb"^message-id[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
 
@@ -212,179 +197,3 @@ class IntakeHandler:
         # the mail and the text leaks internals. Anything unexpected is a local, temporary error.
         log.error("SMTP session error; answered 451", exc_info=error)
         return REPLY_LOCAL_ERROR
-
-
-class IntakeSMTP(SMTP):
-    """One SMTP session: aiosmtpd's protocol plus a registry, a connection cap and shutdown."""
-
-    def __init__(self, handler: IntakeHandler, *, sessions: set[IntakeSMTP],
-                 max_connections: int, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._sessions = sessions
-        self._max_connections = max_connections
-        self.in_data = False  # between the DATA command and its reply: may finish on shutdown
-        self.draining = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        first = self._original_transport is None  # called again after STARTTLS
-        super().connection_made(transport)
-        if first:
-            self._sessions.add(self)
-            if len(self._sessions) > self._max_connections:
-                log.warning("connection from %s refused: %d sessions",
-                            transport.get_extra_info("peername"), len(self._sessions))
-                self.goodbye(REPLY_BUSY)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        self._sessions.discard(self)
-        super().connection_lost(error)
-
-    async def push(self, status: AnyStr) -> None:
-        if isinstance(status, str):
-            await super().push(_BUILTIN_REPLIES.get(status, status))
-        else:
-            await super().push(status)
-
-    async def smtp_DATA(self, arg: str) -> None:
-        self.in_data = True
-        try:
-            await super().smtp_DATA(arg)
-        finally:
-            self.in_data = False
-        if self.draining:
-            self.goodbye(REPLY_SHUTDOWN)
-
-    @property
-    def peer(self) -> Any:
-        return None if self.session is None else self.session.peer
-
-    def goodbye(self, reply: str) -> None:
-        """Send ``reply`` and close, whatever the session was doing (RFC 5321 §3.8)."""
-        transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            transport.write(reply.encode("ascii") + b"\r\n")
-            transport.close()
-
-
-class IntakeServer:
-    """A bound listener and its live sessions."""
-
-    def __init__(self, server: asyncio.Server, sessions: set[IntakeSMTP]) -> None:
-        self._server = server
-        self.sessions = sessions
-
-    @property
-    def port(self) -> int:
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def shutdown(self, grace: float) -> None:
-        """Stop accepting; 421 to idle sessions; give in-flight DATA ``grace`` seconds (D9)."""
-        self._server.close()
-        for session in list(self.sessions):
-            session.draining = True
-            if not session.in_data:
-                session.goodbye(REPLY_SHUTDOWN)
-        deadline = time.monotonic() + grace
-        while any(s.in_data for s in self.sessions) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        for session in list(self.sessions):
-            if session.in_data:
-                log.warning("DATA from %s still running after %ss; answered 421",
-                            session.peer, grace)
-            session.goodbye(REPLY_SHUTDOWN)
-        await self._server.wait_closed()
-        await asyncio.sleep(0)  # let connection_lost callbacks run
-
-
-def make_tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """A server-side context for STARTTLS when a certificate and key are configured."""
-    if not (settings.smtp.tls_cert and settings.smtp.tls_key):
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # no client certificates asked
-    context.load_cert_chain(settings.smtp.tls_cert, settings.smtp.tls_key)
-    return context
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-async def start_server(factory: sessionmaker[DbSession], settings: Settings, *,
-                       ingest_fn: IngestFn | None = None, listen: str | None = None,
-                       max_connections: int = MAX_CONNECTIONS) -> IntakeServer:
-    """Bind the listener on the running loop (``listen`` defaults to ``[smtp] listen``)."""
-    host, port = split_listen(listen or settings.smtp.listen)
-    handler = IntakeHandler(factory, settings, ingest_fn=ingest_fn)
-    tls = make_tls_context(settings)
-    loop = asyncio.get_running_loop()
-    # aiosmtpd would resolve the FQDN for every session; once is enough.
-    hostname = await asyncio.to_thread(socket.getfqdn)
-    sessions: set[IntakeSMTP] = set()
-
-    def protocol() -> IntakeSMTP:
-        return IntakeSMTP(
-            handler, sessions=sessions, max_connections=max_connections,
-            data_size_limit=settings.smtp.max_message_size, enable_SMTPUTF8=True,
-            decode_data=False, hostname=hostname, ident=IDENT, tls_context=tls,
-            require_starttls=settings.smtp.require_tls, timeout=settings.smtp.data_timeout,
-            auth_exclude_mechanism=("LOGIN", "PLAIN"), loop=loop)
-
-    server = await loop.create_server(protocol, host, port, reuse_address=True)
-    log.info("SMTP intake listening on %s:%s", host, server.sockets[0].getsockname()[1])
-    return IntakeServer(server, sessions)
-
-
-class ThreadedIntake:
-    """The listener on its own event loop in a thread (tests, embedding in synchronous code)."""
-
-    def __init__(self, factory: sessionmaker[DbSession], settings: Settings, *,
-                 ingest_fn: IngestFn | None = None, listen: str | None = None) -> None:
-        self._args = (factory, settings, ingest_fn, listen)
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="smtp-intake", daemon=True)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._grace = 0.0
-        self.server: IntakeServer | None = None
-        self.error: BaseException | None = None
-
-    def _main(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as exc:  # reported by start()
-            self.error = exc
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        factory, settings, ingest_fn, listen = self._args
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self.server = await start_server(factory, settings, ingest_fn=ingest_fn, listen=listen)
-        self._ready.set()
-        await self._stop.wait()
-        await self.server.shutdown(self._grace)
-
-    def start(self) -> ThreadedIntake:
-        self._thread.start()
-        self._ready.wait(30)
-        if self.error is not None or self.server is None:
-            raise RuntimeError("SMTP intake did not start") from self.error
-        return self
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return self.server.port
-
-    def stop(self, grace: float = 0.0) -> None:
-        if self._loop is not None and self._stop is not None and self._thread.is_alive():
-            self._grace = grace
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(grace + 30)
-
-
-def make_controller(factory: sessionmaker[DbSession], settings: Settings, *,
-                    ingest_fn: IngestFn | None = None, listen: str | None = None) -> ThreadedIntake:
-    """A not-yet-started threaded listener; ``listen="127.0.0.1:0"`` picks a free port."""
-    return ThreadedIntake(factory, settings, ingest_fn=ingest_fn, listen=listen)
