@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 SUPPORT = "support@example.com"
@@ -162,7 +163,7 @@ def _build(sender: Contact, to: str, subject: str, body: str, charset: str, mess
     if attachment is not None:
         maintype, _, subtype = attachment.content_type.partition("/")
         msg.add_attachment(attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename)
-    return msg.as_bytes()
+    return msg.as_bytes(policy=policy.SMTP)  # CRLF line ends, as a client sends them
 
 
 def _attachment(rng: random.Random, n: int) -> Attachment | None:

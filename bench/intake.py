@@ -19,7 +19,14 @@ from typing import Any
 
 from corpus import Ack, Corpus
 from smtp_load import (
-    LoadResult, StampedRelay, free_port, latency_summary, percentile, send_all, start_fsync_server, start_maild,
+    LoadResult,
+    StampedRelay,
+    free_port,
+    latency_summary,
+    percentile,
+    send_all,
+    start_fsync_server,
+    start_maild,
 )
 from sqlalchemy import create_engine, text
 
