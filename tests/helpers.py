@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -24,6 +25,19 @@ from maild.ingest.raw import RawMail
 from maild.models import Case, HeldMessage, OutboxItem
 
 MT = ZoneInfo("America/Denver")
+# The shared real-world corpus sits beside the checkout (../shared/corpus), in CI too; MAILD_CORPUS moves it.
+CORPUS = Path(os.environ.get("MAILD_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus"))
+
+
+def corpus(relative: str = "") -> Path:
+    """A path in the corpus; skips the test when the corpus is absent, and fails under CI=true."""
+    path = CORPUS / relative
+    if not path.exists():
+        from servers import require
+
+        require("the shared mail corpus", f"{path} not found (shared/ must sit beside the checkout, "
+                                          "or set MAILD_CORPUS)")
+    return path
 
 
 def mt(*args: int) -> datetime:

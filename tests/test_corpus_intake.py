@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import mailbox
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from helpers import Desk, mt
+from helpers import CORPUS, Desk, corpus, mt
 
 from maild.ingest.pipeline import IngestResult
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
 
 def _index() -> list[tuple[str, set[str]]]:
@@ -37,7 +34,7 @@ def _messages(ident: str) -> bytes:
 @pytest.fixture(scope="module")
 def corpus_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[IngestResult, set[str]]]:
     if not (CORPUS / "INDEX.tsv").exists():
-        pytest.skip(f"corpus not found at {CORPUS} (shared/ must sit beside the checkout)")
+        corpus()
     from conftest import REPO
     from helpers import write_config
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import pytest
 from conftest import REPO
-from helpers import Desk, build_mail, mt, write_config
+from helpers import CORPUS, Desk, build_mail, corpus, mt, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -24,7 +23,6 @@ from maild.ingest.pipeline import run_ingest
 from maild.ingest.raw import RawMail
 from maild.models import RawMessage
 
-CORPUS = REPO.parent / "shared" / "corpus"
 SEEDS = ["bounceparser/aol-vacation.msg", "request-tracker/emails/nested-mime-sample", "django-helpdesk/pgp.eml",
          "mimekit/messages/issue358.txt", "mikel-mail/error_emails/new_line_in_to_header.eml"]
 TOKENS = [b"\r\n", b"\n", b"\r", b"\x00", b"\r\n\r\n", b"\r\n--", b"--\r\n", b"=?utf-8?q?=0D=0ABcc:_x@y?=",
@@ -63,7 +61,7 @@ def test_mutated_mail_never_crashes_intake_and_is_always_kept() -> None:
     # No input makes run_ingest raise; each is a raw row with an outcome and a reason (or a case).
     pool = seeds()
     if len(pool) < 3:
-        pytest.skip(f"corpus not found at {CORPUS}")
+        corpus()
     tmp = Path(tempfile.mkdtemp(prefix="maild-fuzz-"))
     desk = Desk(write_config(tmp, database_url=f"sqlite:///{tmp}/maild.db"))
     desk.import_directory(REPO / "examples" / "directory.toml")

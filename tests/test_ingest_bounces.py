@@ -3,22 +3,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from helpers import CORPUS, corpus
 
 from maild.ingest.bounces import DsnInfo, read_dsn
 from maild.ingest.parse import parse
 from maild.ingest.raw import RawMail
 from maild.threading.addresses import parse_reply_address, reply_address
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-
 
 def _read(relative: str) -> DsnInfo:
     path = CORPUS / relative
     if not path.exists():
-        pytest.skip(f"corpus file not found: {path}")
+        corpus(str(path.relative_to(CORPUS)))
     return read_dsn(parse(RawMail(data=path.read_bytes())))
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from helpers import CORPUS, corpus
 
 from maild.ingest.parse import Inbound, parse
 from maild.ingest.raw import RawMail
@@ -21,7 +21,6 @@ CTX = ScreenContext(
     loop_token="loop-7f3a",
     secret=SECRET,
 )
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
 
 def mail(
@@ -288,7 +287,7 @@ def test_corpus_screens(capsys: pytest.CaptureFixture[str]) -> None:
     # Every corpus bounce screens as a bounce, every auto-reply/auto-submitted one as ignored or bounce.
     index = CORPUS / "INDEX.tsv"
     if not index.exists():
-        pytest.skip(f"corpus not found at {CORPUS}")
+        corpus()
     counts: Counter[str] = Counter()
     wrong: list[str] = []
     with index.open(encoding="utf-8", newline="") as fh:
