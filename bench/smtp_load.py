@@ -83,7 +83,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def latency_summary(results: list[LoadResult]) -> dict[str, Any]:
@@ -108,11 +108,13 @@ class StampedRelay(CaptureRelay):
         self.arrived.append(time.monotonic())
         super()._record(captured)
 
-    def wait_quiet(self, count: int, timeout: float) -> int:
-        """Wait until ``count`` messages arrived or ``timeout`` passed; the number that arrived."""
-        deadline = time.monotonic() + timeout
-        while len(self.arrived) < count and time.monotonic() < deadline:
+    def wait_quiet(self, count: int, quiet: float) -> int:
+        """Wait until ``count`` messages arrived, or none for ``quiet`` seconds; the number that arrived."""
+        seen, since = len(self.arrived), time.monotonic()
+        while len(self.arrived) < count and time.monotonic() - since < quiet:
             time.sleep(0.05)
+            if len(self.arrived) != seen:
+                seen, since = len(self.arrived), time.monotonic()
         return len(self.arrived)
 
 
