@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild import clock, macd
@@ -31,8 +31,9 @@ from maild.ingest.parse import Inbound, ParseError, parse
 from maild.ingest.raw import RawMail
 from maild.ingest.screen import ScreenContext, no_ack_reason, screen
 from maild.lifecycle import CaseState, Decision, decide
-from maild.mail import send
+from maild.mail import alert_staff, send
 from maild.models import Case, HeldMessage, Organisation, RawMessage
+from maild.outbound.ratelimit import allow_automatic
 from maild.threading import find_case
 from maild.threading.subject import strip_prefixes
 
@@ -257,9 +258,26 @@ def acknowledge(session: Session, settings: Settings, template: str, inbound: In
                      **extra)
         if items:
             return
-        suppressed = "no acknowledgement: sender over its rate limit, bouncing, or not mailable"
+        suppressed = "no acknowledgement: sender bouncing or not mailable"
+        if not allow_automatic(session, settings, sender, template, now, None):
+            suppressed = "no acknowledgement: sender over its acknowledgement rate limit"
+            flood_alert(session, settings, sender, now)
     record_event(session, case, kind="suppressed-ack", actor="maild", now=now, reason=suppressed,
                  message_id=inbound.message_id)
+
+
+def flood_alert(session: Session, settings: Settings, sender: str, now: datetime) -> None:
+    """Tell staff, once per sender and day, that a sender's mail outruns the acknowledgement caps
+    (RELIABILITY L3/L6): a mail loop or a flood. Every message is still stored and on its case."""
+    day = now.astimezone(settings.zone).date().isoformat()
+    since = now - timedelta(hours=1)
+    count = session.scalar(select(func.count(RawMessage.id)).join(Case, RawMessage.case_id == Case.id).where(
+        Case.requester == sender, RawMessage.received_at > since)) or 0
+    alert_staff(session, settings, title=f"Mail flood from {sender}: acknowledgements suppressed",
+                detail=f"{count} messages from {sender} in the last hour reached the acknowledgement cap. "
+                       "Every message is stored and on its case; no further acknowledgements go to this "
+                       "sender until the cap window passes. A mail loop or an automated sender is likely.",
+                now=now, dedupe_key=f"flood:{sender}:{day}")
 
 
 def staff_mail(session: Session, inbound: Inbound, stored: RawMessage, case: Case, staff: str,
