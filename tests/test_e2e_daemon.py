@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from helpers import build_mail, write_config
+from imapclient import IMAPClient
+from plugin_servers import ImapUser
 from servers import CaptureRelay, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,10 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 class Daemon:
     """`python -m maild run` on a temporary SQLite store, its listener on a free loopback port."""
 
-    def __init__(self, tmp: Path, relay: CaptureRelay) -> None:
+    def __init__(self, tmp: Path, relay: CaptureRelay, extra: str = "") -> None:
         self.port = free_port()
         self.config = write_config(tmp, database_url=f"sqlite:///{tmp}/maild.db", relay_port=relay.port,
-                                   extra=f'[smtp]\nlisten = "127.0.0.1:{self.port}"\n')
+                                   extra=f'[smtp]\nlisten = "127.0.0.1:{self.port}"\n{extra}')
         self.cli("directory", "import", str(REPO / "examples" / "directory.toml"))
         self.log = (tmp / "daemon.log").open("wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "maild", "run", "--config", str(self.config)],
@@ -155,3 +157,29 @@ def test_relay_down_does_not_stop_intake_and_mail_goes_out_later(daemon: Daemon,
                     "--now", "2026-12-31T00:00"], check=True, capture_output=True)
     assert len(relay.wait_for(1, timeout=30)) == 1
     assert daemon.stop() == 0
+
+
+def test_daemon_takes_mail_from_an_imap_mailbox(tmp_path: Path, relay: CaptureRelay, imap_user: ImapUser) -> None:
+    # `maild run` with [imap] url: a message appended to the real Dovecot mailbox becomes a case, is
+    # acknowledged through the relay, and ends in the Processed folder, marked read.
+    d = Daemon(tmp_path, relay, extra=f'[imap]\nurl = "{imap_user.url}"\npoll_seconds = 1\n')
+    try:
+        with IMAPClient(imap_user.host, port=imap_user.port, ssl=False, timeout=10) as client:
+            client.login(imap_user.name, imap_user.password)
+            client.append("INBOX", build_mail(message_id="<imap-e2e@initech.example>").replace(b"\n", b"\r\n"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not d.cli("cases", "list", "--json"):
+            time.sleep(0.5)
+        (case,) = d.cli("cases", "list", "--json")  # type: ignore[misc]
+        assert case["requester"] == "peter@initech.example"
+        (ack,) = relay.wait_for(1, timeout=30)
+        assert ack.rcpt_tos == ("peter@initech.example",)
+        with IMAPClient(imap_user.host, port=imap_user.port, ssl=False, timeout=10) as client:
+            client.login(imap_user.name, imap_user.password)
+            client.select_folder("Processed", readonly=True)
+            (uid,) = client.search("ALL")
+            assert b"\\Seen" in client.get_flags([uid])[uid]
+            client.select_folder("INBOX", readonly=True)
+            assert client.search("ALL") == []
+    finally:
+        assert d.stop() == 0
