@@ -16,6 +16,7 @@ import importlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +31,8 @@ from maild.notify import notify, watchdog_interval
 
 log = logging.getLogger(__name__)
 
-SEND_EVERY = 5.0  # seconds between outbox runs
+SEND_EVERY = 5.0  # seconds between outbox runs (sooner when intake queued mail)
+SEND_BATCH = 100  # send_due's default limit: a run that did this many is followed at once
 TICK_EVERY = 60.0  # seconds between scheduler steps
 IMAP_RESTART_AFTER = 30.0  # seconds before a crashed IMAP poller is started again
 
@@ -54,9 +56,17 @@ def _load(module: str, name: str) -> Callable[..., Any] | None:
 
 
 def _every(what: str, seconds: float, job: Job, factory: sessionmaker[Session],
-           settings: Settings, stop: threading.Event) -> None:
-    """Call ``job(factory, settings, now)`` every ``seconds`` until ``stop``; never raise."""
+           settings: Settings, stop: threading.Event, wake: threading.Event | None = None,
+           batch: int | None = None) -> None:
+    """Call ``job(factory, settings, now)`` every ``seconds`` until ``stop``; never raise.
+
+    With ``wake``, the job also runs as soon as the event is set (a commit queued mail); when a run
+    did a whole ``batch``, the next one starts at once (a backlog drains without waiting).
+    """
     while not stop.is_set():
+        actions: list[dict[str, Any]] = []
+        if wake is not None:
+            wake.clear()
         try:
             actions = job(factory, settings, clock.now())
             if actions:
@@ -65,7 +75,25 @@ def _every(what: str, seconds: float, job: Job, factory: sessionmaker[Session],
                     log.debug("%s: %s", what, action)
         except Exception:
             log.exception("%s failed; trying again in %ss", what, seconds)
-        stop.wait(seconds)
+        if batch is not None and len(actions) >= batch:
+            continue
+        if wake is not None:
+            _wait_either(stop, wake, seconds)
+        else:
+            stop.wait(seconds)
+
+
+def _wait_either(stop: threading.Event, wake: threading.Event, seconds: float) -> None:
+    """Until ``wake`` or ``stop`` is set, or ``seconds`` pass (stop is checked every 0.5 s)."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set() and not wake.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline:
+            return
+
+
+def _every_sender(send_due: Job, wake: threading.Event, factory: sessionmaker[Session], settings: Settings,
+                  stop: threading.Event) -> None:
+    _every("outbox sender", SEND_EVERY, send_due, factory, settings, stop, wake=wake, batch=SEND_BATCH)
 
 
 def _imap(poll: Callable[..., Any], factory: sessionmaker[Session], settings: Settings,
@@ -85,7 +113,9 @@ def start_workers(factory: sessionmaker[Session], settings: Settings,
     plan: list[tuple[str, Callable[..., None], tuple[Any, ...]]] = []
     send_due = _load("maild.outbound.sender", "send_due")
     if send_due is not None:
-        plan.append(("outbox", _every, ("outbox sender", SEND_EVERY, send_due)))
+        from maild.outbound.sender import WAKE
+
+        plan.append(("outbox", _every_sender, (send_due, WAKE)))
     tick = _load("maild.scheduler", "tick")
     if tick is not None:
         plan.append(("scheduler", _every, ("scheduler", TICK_EVERY, tick)))

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -108,6 +109,14 @@ class Staff(Base):
 
 class Case(Base):
     __tablename__ = "cases"
+    __table_args__ = (
+        # the scheduler's and status page's lookups (master cases, open cases of a kind) without a scan
+        Index("ix_cases_kind_status", "kind", "status"),
+        # the no-response rule looks only at cases waiting on the customer: a small partial index
+        Index("ix_cases_awaiting", "awaiting_customer_since",
+              sqlite_where=text("awaiting_customer_since IS NOT NULL"),
+              postgresql_where=text("awaiting_customer_since IS NOT NULL")),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)  # the case number in "[Case #N]"
     kind: Mapped[str] = mapped_column(String(16), default="technical")
     priority: Mapped[str] = mapped_column(String(4), default="P4")

@@ -34,6 +34,7 @@ from maild.lifecycle import CaseState, Decision, decide
 from maild.mail import alert_staff, send
 from maild.models import Case, HeldMessage, Organisation, RawMessage
 from maild.outbound.ratelimit import allow_automatic
+from maild.outbound.sender import wake as wake_sender
 from maild.threading import find_case
 from maild.threading.subject import strip_prefixes
 
@@ -61,6 +62,7 @@ def run_ingest(
     with transaction(factory) as session:
         result = ingest(session, raw, now=now, settings=settings)
         fault_point("before_commit")
+    wake_sender()  # an acknowledgement may be waiting in the outbox
     log.info("message %s: %s case=%s (%s) in %.0f ms", result.message_id, result.outcome.value, result.case,
              result.reason, (time.monotonic() - started) * 1000)
     return result

@@ -16,6 +16,7 @@ failing ``staff_alert`` is only recorded (never a notice about a notice, rule 4)
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -57,6 +58,14 @@ def backoff(settings: Settings, attempts: int) -> timedelta:
     r = settings.relay
     minutes = min(r.retry_first_minutes * 2 ** max(attempts - 1, 0), r.retry_max_minutes)
     return timedelta(minutes=minutes)
+
+
+# Set after a commit that queued mail, so the daemon's sender runs at once instead of at its next turn.
+WAKE = threading.Event()
+
+
+def wake() -> None:
+    WAKE.set()
 
 
 def send_due(

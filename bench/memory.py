@@ -1,0 +1,104 @@
+# SPDX-License-Identifier: MIT
+"""Memory: the daemon's peak RSS while taking one large message, and ``maild ingest`` of a big mbox.
+
+The daemon's peak is VmHWM from /proc/<pid>/status, read after a small warm-up message (imports,
+templates, first connections: the daemon's resting size) and again after the large message was
+answered; the difference is what taking that message cost. The mbox run is ``python -m maild
+ingest`` in a subprocess; its peak comes from ``wait4``'s rusage (ru_maxrss), its rate from the
+wall time.
+"""
+
+from __future__ import annotations
+
+import mailbox
+import os
+import subprocess
+import sys
+import time
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from corpus import Corpus
+from intake import import_directory, write_config
+from servers import free_port
+from smtp_load import send_all, start_maild
+
+
+def large_message(size: int, sender: str) -> bytes:
+    """A mail of about ``size`` bytes: a short text and one base64 attachment filling the rest."""
+    payload = os.urandom(int(size * 0.75 * 76 / 78) - 2000)
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = "support@example.com"
+    msg["Subject"] = "Packet capture of the outage"
+    msg["Message-ID"] = "<large-1@bench.example>"
+    msg.set_content("The capture is attached.\n")
+    msg.add_attachment(payload, maintype="application", subtype="vnd.tcpdump.pcap", filename="outage.pcap")
+    from email import policy
+
+    return msg.as_bytes(policy=policy.SMTP)
+
+
+def large_message_section(corpus: Corpus, root: Path, size: int) -> dict[str, Any]:
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = write_config(root, f"sqlite:///{root}/maild.db", port, free_port())
+    import_directory(config, corpus)
+    daemon = start_maild(config, port, root / "maild.log")
+    sender = f"{corpus.new[0].sender.name} <{corpus.new[0].sender.email}>"
+    try:
+        send_all(port, [(corpus.new[0].render(), "support@example.com")], 1)
+        rest_kib = daemon.hwm_kib()
+        data = large_message(size, sender)
+        result = send_all(port, [(data, "support@example.com")], 1)
+        peak_kib = daemon.hwm_kib()
+    finally:
+        daemon.stop()
+    limit = 25 * 1024 * 1024
+    return {"message_bytes": len(data), "code": result.sent[0].code,
+            "data_250_s": round(result.sent[0].latency, 2), "rest_rss_mib": round(rest_kib / 1024, 1),
+            "peak_rss_mib": round(peak_kib / 1024, 1), "peak_minus_rest_mib": round((peak_kib - rest_kib) / 1024, 1),
+            "size_limit_mib": limit / 1024 / 1024,
+            "peak_over_size_limit": round(peak_kib * 1024 / limit, 2),
+            "growth_over_message": round((peak_kib - rest_kib) * 1024 / len(data), 2)}
+
+
+def write_mbox(corpus: Corpus, path: Path) -> int:
+    box = mailbox.mbox(str(path), create=True)
+    box.lock()
+    count = 0
+    try:
+        for conv in corpus.new:
+            box.add(conv.render().replace(b"\r\n", b"\n"))
+            count += 1
+        for reply in corpus.replies:
+            box.add(reply.render(None)[0].replace(b"\r\n", b"\n"))
+            count += 1
+        box.flush()
+    finally:
+        box.unlock()
+        box.close()
+    return count
+
+
+def mbox_section(corpus: Corpus, root: Path) -> dict[str, Any]:
+    root.mkdir(parents=True, exist_ok=True)
+    config = write_config(root, f"sqlite:///{root}/maild.db", free_port(), free_port())
+    import_directory(config, corpus)
+    count = write_mbox(corpus, root / "burst.mbox")
+    started = time.monotonic()
+    with open(root / "ingest.jsonl", "wb") as out, open(root / "ingest.log", "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "maild", "ingest", "--config", str(config),
+                                 "--now", "2026-03-02T09:00", str(root / "burst.mbox")], stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - started
+    lines = (root / "ingest.jsonl").read_text(encoding="utf-8").splitlines()
+    outcomes: dict[str, int] = {}
+    for line in lines:
+        key = line.split('"outcome": "', 1)[-1].split('"', 1)[0]
+        outcomes[key] = outcomes.get(key, 0) + 1
+    return {"messages": count, "mbox_mib": round((root / "burst.mbox").stat().st_size / 2**20, 1),
+            "exit": os.waitstatus_to_exitcode(status), "seconds": round(seconds, 1),
+            "rate": round(len(lines) / seconds, 1), "outcomes": outcomes,
+            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
