@@ -35,6 +35,7 @@ from maild.mail import alert_staff, send
 from maild.models import Case, HeldMessage, Organisation, RawMessage
 from maild.outbound.ratelimit import allow_automatic
 from maild.outbound.sender import wake as wake_sender
+from maild.scheduler import mark_once
 from maild.threading import find_case
 from maild.threading.subject import strip_prefixes
 
@@ -272,6 +273,8 @@ def flood_alert(session: Session, settings: Settings, sender: str, now: datetime
     """Tell staff, once per sender and day, that a sender's mail outruns the acknowledgement caps
     (RELIABILITY L3/L6): a mail loop or a flood. Every message is still stored and on its case."""
     day = now.astimezone(settings.zone).date().isoformat()
+    if not mark_once(session, f"flood:{sender}:{day}", now):
+        return  # told today already: one primary-key probe per suppressed ack, nothing more
     since = now - timedelta(hours=1)
     count = session.scalar(select(func.count(RawMessage.id)).join(Case, RawMessage.case_id == Case.id).where(
         Case.requester == sender, RawMessage.received_at > since)) or 0
