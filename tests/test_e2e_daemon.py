@@ -167,10 +167,12 @@ def test_daemon_takes_mail_from_an_imap_mailbox(tmp_path: Path, relay: CaptureRe
         with IMAPClient(imap_user.host, port=imap_user.port, ssl=False, timeout=10) as client:
             client.login(imap_user.name, imap_user.password)
             client.append("INBOX", build_mail(message_id="<imap-e2e@initech.example>").replace(b"\n", b"\r\n"))
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not d.cli("cases", "list", "--json"):
             time.sleep(0.5)
-        (case,) = d.cli("cases", "list", "--json")  # type: ignore[misc]
+        cases = d.cli("cases", "list", "--json")
+        assert isinstance(cases, list) and len(cases) == 1, (tmp_path / "daemon.log").read_text()
+        (case,) = cases
         assert case["requester"] == "peter@initech.example"
         (ack,) = relay.wait_for(1, timeout=30)
         assert ack.rcpt_tos == ("peter@initech.example",)

@@ -311,9 +311,15 @@ class ImapPoller:
                 self.poll_once()
 
     def _idle(self, client: IMAPClient, stop_event: threading.Event) -> None:
-        """Wait in IDLE (RFC 2177) for new mail; re-issue it every idle_seconds (servers drop it at 30 min)."""
+        """Wait in IDLE (RFC 2177) for new mail; re-issue it every idle_seconds (servers drop it at 30 min).
+
+        IDLE also ends after poll_seconds, for a UID SEARCH: a message that arrived between the last
+        search and the IDLE command may have been announced (EXISTS) before IDLE began, and then
+        IDLE never mentions it again. The periodic search bounds that window to poll_seconds.
+        """
         client.idle()
-        deadline = time.monotonic() + min(self.settings.imap.idle_seconds, 29 * 60)
+        imap = self.settings.imap
+        deadline = time.monotonic() + min(imap.idle_seconds, 29 * 60, max(imap.poll_seconds, 1))
         try:
             while not stop_event.is_set() and time.monotonic() < deadline:
                 started = time.monotonic()
