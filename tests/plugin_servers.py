@@ -13,6 +13,8 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from servers import CaptureRelay, DovecotServer, PostgresServer, ServerUnavailable, require
@@ -41,12 +43,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.dovecot)
 
 
-@pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    """One PostgreSQL server for the whole run (stopped at the end)."""
-    server = PostgresServer()
+Server = TypeVar("Server", PostgresServer, DovecotServer)
+
+
+def _run_server(server: Server, directory: Path) -> Iterator[Server]:
+    """Start ``server`` for a session fixture; skip (or fail under CI=true) when it is not installed."""
     try:
-        server.start(tmp_path_factory.mktemp("postgres"))
+        server.start(directory)
     except ServerUnavailable as missing:
         require(missing.what, missing.reason)
     except BaseException:
@@ -54,6 +57,12 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
         raise
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole run (stopped at the end)."""
+    yield from _run_server(PostgresServer(), tmp_path_factory.mktemp("postgres"))
 
 
 @pytest.fixture
@@ -70,16 +79,7 @@ def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def dovecot_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DovecotServer]:
     """One Dovecot IMAP server (plain IMAP, no TLS) for the whole run."""
-    server = DovecotServer()
-    try:
-        server.start(tmp_path_factory.mktemp("dovecot"))
-    except ServerUnavailable as missing:
-        require(missing.what, missing.reason)
-    except BaseException:
-        server.close()
-        raise
-    yield server
-    server.close()
+    yield from _run_server(DovecotServer(), tmp_path_factory.mktemp("dovecot"))
 
 
 @pytest.fixture
