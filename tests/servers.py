@@ -149,21 +149,61 @@ def log_tail(path: Path, lines: int = 30) -> str:
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-class PostgresServer:
-    """A throw-away PostgreSQL cluster: initdb into a temp dir, postgres on 127.0.0.1:PORT."""
+class LocalServer:
+    """What the throw-away servers share: a process, a private directory, restart and clean-up."""
 
-    WHAT = "PostgreSQL server"
+    STOP_SIGNAL = signal.SIGTERM
+    LOGS: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.host = HOST
         self.port = 0
-        self.user = ""
         self.root: Path | None = None
         self._tmpdir: Path | None = None
         self._private = False
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _launch(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self) -> None:
+        terminate(self._proc, self.STOP_SIGNAL)
+
+    def restart(self) -> None:
+        """Stop (if running) and start again on the same port(s) with the same data."""
+        self.stop()
+        self._launch()
+
+    def ensure_running(self) -> None:
+        """Start the server again if a test left it stopped."""
+        if not self.running and self.root is not None:
+            self._launch()
+
+    def close(self) -> None:
+        """Stop for good, copy the logs next to the pytest tmp dir and delete a private data dir."""
+        self.stop()
+        if self._private and self.root is not None and self._tmpdir is not None:
+            for name in self.LOGS:
+                if (self.root / name).exists():
+                    shutil.copy(self.root / name, self._tmpdir / name)
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PostgresServer(LocalServer):
+    """A throw-away PostgreSQL cluster: initdb into a temp dir, postgres on 127.0.0.1:PORT."""
+
+    WHAT = "PostgreSQL server"
+    LOGS = ("postgres.log",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.user = ""
         self._account: Account | None = None
         self._bindir = Path()
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @staticmethod
     def find_bindir() -> Path:
@@ -181,10 +221,6 @@ class PostgresServer:
             PostgresServer.WHAT,
             "/usr/lib/postgresql/*/bin/postgres missing (install Debian package postgresql)",
         )
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, tmpdir: Path) -> None:
         """Create the cluster in ``tmpdir`` and start the server."""
@@ -252,23 +288,6 @@ class PostgresServer:
     def stop(self, mode: str = "fast") -> None:
         """Stop the server: ``fast`` (SIGINT, clean) or ``immediate`` (SIGQUIT, crash recovery next start)."""
         terminate(self._proc, {"fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode])
-
-    def restart(self) -> None:
-        """Stop (if running) and start again on the same port with the same data."""
-        self.stop()
-        self._launch()
-
-    def ensure_running(self) -> None:
-        """Start the server again if a test left it stopped."""
-        if not self.running and self.root is not None:
-            self._launch()
-
-    def close(self) -> None:
-        """Stop for good, copy the log next to the pytest tmp dir and delete a private data dir."""
-        self.stop()
-        if self._private and self.root is not None and self._tmpdir is not None:
-            shutil.copy(self.root / "postgres.log", self._tmpdir / "postgres.log")
-            shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, name: str) -> str:
         """SQLAlchemy URL of database ``name`` on this server."""
@@ -363,7 +382,7 @@ def _dovecot_binary() -> str:
     return found
 
 
-class DovecotServer:
+class DovecotServer(LocalServer):
     """A throw-away Dovecot 2.3 IMAP server (``dovecot -F``) with passwd-file users and maildirs.
 
     ``pool_size`` users are written before start so ``new_user()`` is instant; ``add_user()``
@@ -371,27 +390,19 @@ class DovecotServer:
     """
 
     WHAT = "Dovecot IMAP server"
+    LOGS = ("dovecot.log", "dovecot.stdout", "dovecot.conf")  # SIGTERM to the master stops its children
 
     def __init__(self, *, tls: bool = False, pool_size: int = 200) -> None:
-        self.host = HOST
+        super().__init__()
         self.pool_size = pool_size
         self._pool: list[tuple[str, str]] = []
-        self.port = 0
         self.tls = tls
         self.tls_port = 0
         self.cert_path: Path | None = None
         self.version = ""
-        self.root: Path | None = None
-        self._tmpdir: Path | None = None
-        self._private = False
         self._mail: Account | None = None
         self._binary = "dovecot"
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, tmpdir: Path) -> None:
         """Write the config into ``tmpdir`` and start Dovecot in the foreground."""
@@ -509,29 +520,6 @@ class DovecotServer:
         """``imap://user:pass@127.0.0.1:PORT/INBOX`` (or ``imaps://`` on the TLS port)."""
         scheme, port = ("imaps", self.tls_port) if tls else ("imap", self.port)
         return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{HOST}:{port}/{quote(mailbox)}"
-
-    def stop(self) -> None:
-        """Stop Dovecot (SIGTERM to the master, which stops its children)."""
-        terminate(self._proc, signal.SIGTERM)
-
-    def restart(self) -> None:
-        """Stop (if running) and start again on the same ports with the same mailboxes."""
-        self.stop()
-        self._launch()
-
-    def ensure_running(self) -> None:
-        """Start Dovecot again if a test left it stopped."""
-        if not self.running and self.root is not None:
-            self._launch()
-
-    def close(self) -> None:
-        """Stop for good, copy the logs next to the pytest tmp dir and delete a private dir."""
-        self.stop()
-        if self._private and self.root is not None and self._tmpdir is not None:
-            for name in ("dovecot.log", "dovecot.stdout", "dovecot.conf"):
-                if (self.root / name).exists():
-                    shutil.copy(self.root / name, self._tmpdir / name)
-            shutil.rmtree(self.root, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- SMTP capture relay
