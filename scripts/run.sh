@@ -14,6 +14,17 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 DATA_DIR=${MAILD_DATA_DIR:-data}
 
+if [[ ! -x $VENV/bin/python ]] && ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
+    # Debian splits venv/ensurepip out of python3: a fresh machine needs python3-venv first
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        echo "==> installing python3-venv"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
+    else
+        echo "maild: $PYTHON cannot make a virtualenv; install python3-venv (as root: apt-get install python3-venv)" >&2
+        exit 1
+    fi
+fi
 if [[ ! -x $VENV/bin/python ]]; then
     echo "==> creating virtualenv $VENV"
     "$PYTHON" -m venv "$VENV"
