@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import threading
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -20,6 +21,7 @@ from maild import config
 from maild.cli import main
 from maild.db import open_store, transaction
 from maild.directory import import_records, read_file
+from maild.enums import Outcome
 from maild.ingest.pipeline import IngestResult, run_ingest
 from maild.ingest.raw import RawMail
 from maild.models import Case, HeldMessage, OutboxItem
@@ -148,3 +150,18 @@ class Desk:
             case = s.get(Case, number)
             assert case is not None
             return case
+
+
+class BlockingIngest:
+    """A stand-in for ``run_ingest`` (the listener's collaborator, not an external system) that signals
+    when a message reached it and returns only once released: for drain and concurrency tests."""
+
+    def __init__(self, case: int = 7) -> None:
+        self.case = case
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, factory: object, settings: object, raw: RawMail) -> IngestResult:
+        self.entered.set()
+        self.release.wait(20)
+        return IngestResult("<a@x>", Outcome.NEW_CASE, self.case, "")

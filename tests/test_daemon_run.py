@@ -22,13 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.orm import Session, sessionmaker
+from helpers import BlockingIngest
 
 from maild import daemon
 from maild.config import PathSettings, Settings, SmtpSettings
-from maild.enums import Outcome
-from maild.ingest.pipeline import IngestResult
-from maild.ingest.raw import RawMail
 
 MESSAGE = b"From: alice@customer.example\r\nSubject: hi\r\n\r\nbody\r\n"
 
@@ -63,15 +60,6 @@ def wait_for(sock: socket.socket, prefix: bytes) -> bytes:
             return message
 
 
-class Blocking:
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, factory: sessionmaker[Session], settings: Settings, raw: RawMail) -> IngestResult:
-        self.entered.set()
-        self.release.wait(20)
-        return IngestResult("<a@x>", Outcome.NEW_CASE, 3, "")
 
 
 def test_stop_drains_in_flight_data_and_exits_0(tmp_path: Path, notify_socket: socket.socket) -> None:
@@ -80,7 +68,7 @@ def test_stop_drains_in_flight_data_and_exits_0(tmp_path: Path, notify_socket: s
     port = free_port()
     settings = Settings(smtp=SmtpSettings(listen=f"127.0.0.1:{port}", shutdown_grace=10),
                         paths=PathSettings(data=str(tmp_path)), base_dir=str(tmp_path))
-    pipeline, stop, codes = Blocking(), threading.Event(), []
+    pipeline, stop, codes = BlockingIngest(case=3), threading.Event(), []
     runner = threading.Thread(target=lambda: codes.append(
         daemon.run(settings, stop_event=stop, ingest_fn=pipeline)))
     runner.start()

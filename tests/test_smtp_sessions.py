@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from helpers import BlockingIngest
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild.config import Settings
@@ -59,17 +60,6 @@ def test_ten_concurrent_sessions_all_get_250() -> None:
     assert elapsed < 4.5  # serial would take 5 s
 
 
-class Blocking:
-    """An ingest that signals when entered and returns only once released."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, factory: sessionmaker[Session], settings: Settings, raw: RawMail) -> IngestResult:
-        self.entered.set()
-        self.release.wait(20)
-        return IngestResult("<a@x>", Outcome.NEW_CASE, 7, "")
 
 
 def start_data(port: int) -> smtplib.SMTP:
@@ -96,7 +86,7 @@ def test_shutdown_drains_in_flight_data_and_closes_idle_sessions(
         grace: float, release_after: float | None, expected: tuple[int, bytes]) -> None:
     # On stop: new connections are refused, idle sessions get 421 4.3.2 at once, an in-flight
     # DATA gets its 250 if ingest returns within the grace period, else 421 (RELIABILITY D9).
-    pipeline = Blocking()
+    pipeline = BlockingIngest(case=7)
     intake = make_controller(sessionmaker(), Settings(), ingest_fn=pipeline, listen="127.0.0.1:0").start()
     port = intake.port
     idle = idle_session(port)
