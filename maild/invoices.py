@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from maild.config import Settings
 from maild.directory import contacts_with_role, primary_mpocs
-from maild.mail import send, staff_recipients
+from maild.mail import alert_staff, send
 from maild.models import InvoiceSent, Organisation
 from maild.scheduler import Rule, mark_once
 from maild.status_page import iso
@@ -90,9 +90,8 @@ def _alert(session: Session, settings: Settings, org: Organisation, period: str,
     key = f"invoice-{what}:{org.id}:{period}"
     if not mark_once(session, key, now):
         return None
-    alert = {"title": f"Invoice {period} for {org.name} not sent", "detail": detail}
-    send(session, settings, "staff_alert", to=staff_recipients(session, settings), now=now,
-         auto_kind="auto-generated", dedupe_key=key, alert=alert)
+    alert_staff(session, settings, title=f"Invoice {period} for {org.name} not sent", detail=detail, now=now,
+                dedupe_key=key)
     log.warning("invoice %s for %s not sent: %s", period, org.name, detail)
     return {"action": "invoice-alert", "organisation": org.name, "period": period, "problem": detail}
 
@@ -133,12 +132,11 @@ def send_due_invoices(session: Session, settings: Settings, now: datetime) -> li
         # Nothing dropped for the month at all: one alert for the period, not one per organisation.
         if not mark_once(session, f"invoice-nodir:{period}", now):
             return []
-        alert = {"title": f"No invoices for {period}",
-                 "detail": f"The invoice directory {folder} does not exist; no invoice for {period} was sent. "
-                           "Invoices go out on the first tick after the billing system drops them there."}
-        send(session, settings, "staff_alert", to=staff_recipients(session, settings), now=now,
-             auto_kind="auto-generated", dedupe_key=f"invoice-nodir:{period}", alert=alert)
-        return [{"action": "invoice-alert", "organisation": None, "period": period, "problem": alert["detail"]}]
+        detail = (f"The invoice directory {folder} does not exist; no invoice for {period} was sent. "
+                  "Invoices go out on the first tick after the billing system drops them there.")
+        alert_staff(session, settings, title=f"No invoices for {period}", detail=detail, now=now,
+                    dedupe_key=f"invoice-nodir:{period}")
+        return [{"action": "invoice-alert", "organisation": None, "period": period, "problem": detail}]
     done = set(session.scalars(select(InvoiceSent.organisation_id).where(InvoiceSent.period == period)))
     actions: list[dict[str, Any]] = []
     for org in session.scalars(select(Organisation).order_by(Organisation.name)):

@@ -23,7 +23,7 @@ from maild.cases import case_json, open_case, record_event, set_status
 from maild.config import Settings
 from maild.directory import contact_by_email, staff_by_email
 from maild.enums import CaseKind, Priority, Status
-from maild.mail import send, staff_recipients
+from maild.mail import alert_staff, send
 from maild.models import Case, CaseEvent, Organisation, Subscription
 from maild.scheduler import Rule, mark_once
 from maild.status_page import UPDATE_EVENT, iso
@@ -185,12 +185,11 @@ def remind_overdue_updates(session: Session, settings: Settings, now: datetime) 
         key = f"master-overdue:{master.id}:{iso(due)}:{slot}"
         if not mark_once(session, key, now):
             continue
-        alert = {"title": f"Master case #{master.id} needs an update",
-                 "detail": f"Master case #{master.id} ({master.subject}, platform {master.platform}) has had no "
+        alert_staff(session, settings, title=f"Master case #{master.id} needs an update",
+                    detail=f"Master case #{master.id} ({master.subject}, platform {master.platform}) has had no "
                            f"update since {iso(due - UPDATE_EVERY)}; customers are promised one at least every "
-                           f"hour. Send one with: maild master update {master.id} --body TEXT"}
-        send(session, settings, "staff_alert", to=staff_recipients(session, settings), now=now,
-             auto_kind="auto-generated", dedupe_key=key, alert=alert)
+                           f"hour. Send one with: maild master update {master.id} --body TEXT",
+                    now=now, dedupe_key=key)
         actions.append({"action": "master-update-overdue", "case": master.id, "due": iso(due), "slot": slot})
     return actions
 

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from maild.config import Settings
 from maild.db import transaction
-from maild.mail import send, staff_recipients
+from maild.mail import alert_staff, staff_recipients
 from maild.models import ImapState
 from maild.scheduler import Action, mark_once
 
@@ -254,12 +254,10 @@ def _login(client: IMAPClient, mb: MailboxUrl, tokens: TokenSource | None) -> No
 
 def alert(session: Session, settings: Settings, now: datetime, *, key: str, title: str, detail: str) -> None:
     """Queue an operator alert in the caller's transaction; ``key`` makes it once-only."""
-    to = staff_recipients(session, settings)
-    if not to:
+    if not staff_recipients(session, settings):
         log.warning("no staff address for the alert %r", title)
         return
-    send(session, settings, "staff_alert", to=to, now=now, auto_kind="auto-generated", dedupe_key=key,
-         alert={"title": title, "detail": detail})
+    alert_staff(session, settings, title=title, detail=detail, now=now, dedupe_key=key)
 
 
 def report_auth_failure(factory: sessionmaker[Session], settings: Settings, mb: MailboxUrl, exc: Exception,
