@@ -52,3 +52,73 @@ def test_message_ids_are_normalised_without_brackets() -> None:
     msg = parse(RawMail(b"From: a@example.com\r\nIn-Reply-To: <p@x>\r\nReferences: <r1@x> <p@x>\r\n\r\nb\r\n"))
     assert msg.thread_ids == ("p@x", "r1@x")
     assert msg.message_id_generated and msg.message_id.endswith("@derived.maild.invalid")
+
+
+def _mime(body: bytes, ctype: str = "text/plain; charset=utf-8", extra: bytes = b"") -> RawMail:
+    return RawMail(b"From: a@example.com\r\nTo: support@example.com\r\nSubject: x\r\nMessage-ID: <m@x>\r\n"
+                   b"MIME-Version: 1.0\r\nContent-Type: " + ctype.encode() + b"\r\n" + extra + b"\r\n" + body)
+
+
+def test_encoded_subject_and_folded_references_are_read() -> None:
+    # RFC 2047 subject decoded (adjacent words joined); a References header folded over lines keeps every id.
+    msg = parse(RawMail(b"From: a@example.com\r\nSubject: =?iso-8859-1?q?Gr=FC=DFe?=\r\n =?utf-8?q?_aus_K=C3=B6ln?=\r\n"
+                        b"References: <r1@x.example>\r\n\t<r2@x.example>\r\n <r3@x.example>\r\n"
+                        b"In-Reply-To:\r\n <r3@x.example>\r\n\r\nbody\r\n"))
+    assert msg.subject == "Grüße aus Köln"
+    assert msg.references == ("r1@x.example", "r2@x.example", "r3@x.example")
+    assert msg.in_reply_to == ("r3@x.example",)
+
+
+def test_windows_1252_body_is_decoded() -> None:
+    # A quoted-printable windows-1252 body (0x80 is the euro sign there, a control character in latin-1).
+    msg = parse(_mime(b"Preis: 5 =80, Gr=FC=DFe\r\n", "text/plain; charset=windows-1252",
+                      b"Content-Transfer-Encoding: quoted-printable\r\n"))
+    assert msg.text == "Preis: 5 €, Grüße\r\n"
+    assert msg.content_type == "text/plain"
+
+
+def test_attachment_bytes_survive_every_transfer_encoding() -> None:
+    # Binary attachments come back byte for byte, whether sent as base64 or quoted-printable.
+    from email.message import EmailMessage
+
+    payload = bytes(range(256)) * 300  # crosses the parser's feed chunks
+    mail = EmailMessage()
+    mail["From"], mail["Subject"] = "a@example.com", "files"
+    mail.set_content("see attached\n")
+    mail.add_attachment(payload, maintype="application", subtype="octet-stream", filename="a.bin")
+    mail.add_attachment(payload[:1000], maintype="application", subtype="octet-stream", filename="../b.bin",
+                        cte="quoted-printable")
+    msg = parse(RawMail(mail.as_bytes()))
+    assert [(a.filename, a.content_type, a.data) for a in msg.attachments] == [
+        ("a.bin", "application/octet-stream", payload), ("b.bin", "application/octet-stream", payload[:1000])]
+    assert msg.text == "see attached\n"
+
+
+def test_line_ends_split_across_feed_chunks_are_kept() -> None:
+    # The bytes are fed to the parser in pieces; a CRLF cut in two must not become two line ends.
+    head = b"From: a@example.com\r\nSubject: long\r\n\r\n"
+    line = b"x" * 98 + b"\r\n"
+    body = line * (70_000 // len(line))
+    split = 65_536 - len(head)
+    body = body[:split - 1] + b"\r\n" + body[split + 1:]  # a CRLF straddles the 64 KiB boundary
+    msg = parse(RawMail(head + body))
+    assert msg.text == body.decode()
+
+
+def test_unquoted_boundary_with_equals_sign_is_read_as_sent() -> None:
+    # Outlook Express wrote boundary=----=_NextPart... unquoted (not an RFC 2045 token); the parts are found.
+    raw = _mime(b"--=_B=1\r\nContent-Type: text/plain\r\n\r\nhello\r\n--=_B=1\r\nContent-Type: text/html\r\n\r\n"
+                b"<p>hi</p>\r\n--=_B=1--\r\n", "multipart/alternative; boundary==_B=1")
+    msg = parse(raw)
+    assert (msg.text, msg.html, msg.content_type) == ("hello", "<p>hi</p>", "multipart/alternative")
+
+
+def test_empty_or_headerless_bytes_are_parse_errors() -> None:
+    # Only whitespace, or no header section at all, is not a mail.
+    import pytest
+
+    from maild.ingest.parse import ParseError
+
+    for data in (b"", b" \r\n\t\x0b\x0c\r\n", b"\r\n\r\njust a body\r\n"):
+        with pytest.raises(ParseError):
+            parse(RawMail(data))

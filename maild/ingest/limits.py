@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from maild.config import Settings
 
-# Address headers the parser reads (parse._addresses): each address costs the parser real time.
+# Address headers the parser reads (parse_headers.addresses): each address costs the parser real time.
 _ADDRESS_HEADER = re.compile(rb"^(?:to|cc|bcc|from|reply-to)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
 _BOUNDARY = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]*)"|([^;\s]+))', re.I)
 _FIELD_START = re.compile(rb"^[^ \t\r\n]", re.M)

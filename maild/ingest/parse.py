@@ -1,28 +1,33 @@
 # SPDX-License-Identifier: MIT
 """Bytes -> Inbound: the one place a message is parsed.
 
-The bytes are parsed once, by the standard ``email`` package with ``email.policy.default`` (headers,
-addresses, structure). That same message object is handed to mail-parser, which walks it for the
-bodies and attachments (charset recovery, attachment detection). Nothing is decoded before parsing.
-Message-ID, In-Reply-To and References are normalised here, so threading compares like with like.
+The bytes are parsed once, by the standard ``email`` package with ``email.policy.compat32`` (structure,
+raw headers), fed in chunks so a large mail is never held as one big text copy. The headers maild reads
+get policy.default's values (RFC 2047 decoding, unfolding) from parse_headers, computed for those
+headers only; the same message object is handed to mail-parser, which is written for compat32 and
+walks it for the bodies and attachments (charset recovery, attachment detection). Message-ID,
+In-Reply-To and References are normalised here, so threading compares like with like.
 """
 
 from __future__ import annotations
 
-import base64
-import email
+import binascii
 import email.policy
-import email.utils
 import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.feedparser import BytesFeedParser
 from email.message import Message
 
 import mailparser
 
+from maild.ingest.parse_headers import HeaderIndex, addresses, clean_header_text, unsurrogate
 from maild.ingest.raw import RawMail
+
+__all__ = ["Attachment", "Inbound", "ParseError", "clean_header_text", "html_to_text", "msgids", "parse",
+           "safe_filename", "unsurrogate"]
 
 log = logging.getLogger(__name__)
 
@@ -96,22 +101,6 @@ class Inbound:
         return self.to + self.cc
 
 
-def unsurrogate(value: str) -> str:
-    """Text without lone surrogates: undecodable 8-bit bytes (kept by the parser as surrogate escapes)
-    are read as UTF-8 where they are, and as U+FFFD where they are not. Stores and JSON need this."""
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode(
-            "utf-8", "replace").decode("utf-8")
-
-
-def clean_header_text(value: str) -> str:
-    """Unfold and drop control characters (CR/LF never survive into anything we re-emit)."""
-    return _CTL_RE.sub(" ", unsurrogate(value)).strip()
-
-
 def msgids(value: str | None) -> tuple[str, ...]:
     """All ``<id>`` tokens of a Message-ID style header, brackets removed, in order."""
     if not value:
@@ -122,75 +111,6 @@ def msgids(value: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(m for m in found if m))
 
 
-def _raw_headers(msg: Message) -> tuple[tuple[str, str], ...]:
-    out: list[tuple[str, str]] = []
-    for name, value in msg.raw_items():
-        text = str(value)
-        if isinstance(value, str) and ("=?" in text):
-            text = _decode_words(text)
-        out.append((name.lower(), clean_header_text(text)))
-    return tuple(out)
-
-
-def _decode_words(value: str) -> str:
-    try:
-        return str(email.header.make_header(email.header.decode_header(value)))
-    except Exception:  # a broken encoded word stays as it was written
-        return value
-
-
-def _header_str(msg: Message, name: str) -> str | None:
-    """A header's decoded value under policy.default, falling back to its raw text."""
-    try:
-        value = msg.get(name)
-    except Exception:  # defective header: policy.default may raise while parsing it
-        value = None
-        for key, raw in msg.raw_items():
-            if key.lower() == name.lower():
-                value = _decode_words(str(raw))
-                break
-    return None if value is None else clean_header_text(str(value))
-
-
-def _addresses(msg: Message, name: str) -> tuple[list[tuple[str, str]], bool]:
-    """(display name, lower-case address) pairs of an address header; strict, so junk is dropped.
-
-    Returns also whether anything in the header could not be read as an address.
-    """
-    # Addresses are parsed from the header as written; only display names are decoded afterwards, so an
-    # encoded word (RFC 2047) can never inject address syntax such as "<evil@x>" or a comma.
-    values = [str(raw) for key, raw in msg.raw_items() if key.lower() == name.lower()]
-    if not values:
-        return [], False
-    try:
-        try:
-            pairs = email.utils.getaddresses(values, strict=True)
-        except TypeError:  # strict= exists from 3.11.10 on (gh-102988); older 3.11 patch releases lack it
-            pairs = email.utils.getaddresses(values)
-    except (RecursionError, ValueError, IndexError):  # hostile address lists (mimekit stack-overflow.txt)
-        return [], True
-    good: list[tuple[str, str]] = []
-    bad = False
-    for disp, addr in pairs:
-        addr = addr.strip()
-        local, _, domain = addr.partition("@")
-        if not local or not domain or "@" in domain or _CTL_RE.search(addr) or " " in addr:
-            bad = True  # e.g. "a@b@c", which Python before 3.11.10 reads as "@c"
-            continue
-        good.append((clean_header_text(_decode_words(disp)), unsurrogate(addr).lower()))
-    return good, bad
-
-
-def _date(msg: Message) -> datetime | None:
-    value = _header_str(msg, "date")
-    if not value:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
 def _bodies(msg: Message) -> tuple[str, str | None, tuple[Attachment, ...], tuple[str, ...]]:
     parsed = mailparser.MailParser(msg)
     text = "\n".join(parsed.text_plain)
@@ -199,7 +119,10 @@ def _bodies(msg: Message) -> tuple[str, str | None, tuple[Attachment, ...], tupl
     for att in parsed.attachments:
         payload = att.get("payload") or ""
         try:
-            data = base64.b64decode(payload) if att.get("binary") else str(payload).encode("utf-8")
+            # mail-parser hands a binary attachment over as base64 text (for a base64 part, the part's own
+            # payload string). a2b_base64 reads an ASCII str in place, where b64decode would first copy it
+            # to bytes; it is the same decoder, lenient about line breaks and junk (validate=False).
+            data = binascii.a2b_base64(payload) if att.get("binary") else str(payload).encode("utf-8")
         except (ValueError, TypeError):
             data = str(payload).encode("utf-8", "replace")
         name = att.get("safe_filename") or "attachment"
@@ -220,47 +143,59 @@ def safe_filename(name: str) -> str:
     return (name or "attachment")[:200]
 
 
+# Bytes handed to the parser at a time. Parser.parse() reads a text copy of the whole mail through
+# StringIO (4 bytes a character once it is read in pieces); feeding slices of the bytes gives the same
+# message (the feed parser keeps a partial line across feeds) without that copy.
+_FEED_CHUNK = 1 << 16
+
+
 def _message(data: bytes) -> Message:
-    """policy.default where it copes; compat32 (never raises on bad headers) where it does not."""
-    try:
-        return email.message_from_bytes(data, policy=email.policy.default)
-    except Exception:  # e.g. UnicodeDecodeError from a broken iso-2022-jp header (kix corpus)
-        return email.message_from_bytes(data, policy=email.policy.compat32)
+    """The message as compat32 reads it (raw headers; never raises on a bad header)."""
+    parser: BytesFeedParser[Message] = BytesFeedParser(policy=email.policy.compat32)
+    view = memoryview(data)
+    for pos in range(_readable_start(data), len(data), _FEED_CHUNK):
+        parser.feed(bytes(view[pos:pos + _FEED_CHUNK]))
+    return parser.close()
 
 
-def _readable(data: bytes) -> bytes:
-    """The bytes as the parser should see them: no UTF-8 BOM, no junk lines before the first header.
+def _readable_start(data: bytes) -> int:
+    """Where the parser should start reading: after a UTF-8 BOM and any junk lines before the first header.
 
-    Only the parser's copy is changed; the stored raw bytes stay as received.
+    Only the parser's view is changed; the stored raw bytes stay as received. Lines are matched in
+    place (no slicing), so a huge one-line message is not copied.
     """
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    lines = data.split(b"\n", 40)
-    for i, line in enumerate(lines[:40]):
-        if _HEADER_START.match(line):
-            return data if i == 0 else b"\n".join(lines[i:])
-        if not line.strip():
+    start = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    pos = start
+    for _ in range(40):
+        end = data.find(b"\n", pos)
+        stop = len(data) if end < 0 else end
+        if _HEADER_START.match(data, pos, stop):
+            return pos
+        if _BLANK.fullmatch(data, pos, stop) or end < 0:
             break
-    return data
+        pos = end + 1
+    return start
 
 
-_HEADER_START = re.compile(rb"^[!-9;-~]+:")
+_HEADER_START = re.compile(rb"[!-9;-~]+:")  # an RFC 5322 field name and its colon
+_BLANK = re.compile(rb"[ \t\n\r\x0b\x0c]*")  # what bytes.strip() removes
 
 
 def parse(raw: RawMail) -> Inbound:
     """Read a RawMail. Raises ParseError only when the bytes are not a mail at all."""
-    if not raw.data.strip():
+    if not raw.data or raw.data.isspace():  # bytes.isspace() is bytes.strip()'s set, without the copy
         raise ParseError("empty message")
-    msg = _message(_readable(raw.data))
-    if not list(msg.raw_items()):
+    msg = _message(raw.data)
+    headers = HeaderIndex(msg.raw_items())
+    if not headers.items:
         raise ParseError("no header section")
 
-    mids = msgids(_header_str(msg, "message-id"))
+    mids = msgids(headers.text("message-id"))
     generated = not mids
     message_id = mids[0] if mids else _derived_message_id(raw.data)
 
-    froms, _ = _addresses(msg, "from")
-    text, html, attachments, defects = _bodies_any(msg, raw.data)
+    froms, _ = addresses(headers, "from")
+    text, html, attachments, defects = _bodies_any(msg)
     text, html = unsurrogate(text), unsurrogate(html) if html else None
     if not text and html:
         text = html_to_text(html)
@@ -268,18 +203,18 @@ def parse(raw: RawMail) -> Inbound:
         raw=raw,
         message_id=message_id,
         message_id_generated=generated,
-        in_reply_to=msgids(_header_str(msg, "in-reply-to")),
-        references=msgids(_header_str(msg, "references")),
-        subject=_header_str(msg, "subject") or "",
+        in_reply_to=msgids(headers.text("in-reply-to")),
+        references=msgids(headers.text("references")),
+        subject=headers.text("subject") or "",
         from_addr=froms[0][1] if len(froms) == 1 else None,
         from_name=froms[0][0] if len(froms) == 1 else "",
         from_count=len(froms),
-        reply_to=tuple(a for _, a in _addresses(msg, "reply-to")[0]),
-        to=tuple(a for _, a in _addresses(msg, "to")[0]),
-        cc=tuple(a for _, a in _addresses(msg, "cc")[0]),
-        date=_date(msg),
-        content_type=msg.get_content_type(),
-        headers=_raw_headers(msg),
+        reply_to=tuple(a for _, a in addresses(headers, "reply-to")[0]),
+        to=tuple(a for _, a in addresses(headers, "to")[0]),
+        cc=tuple(a for _, a in addresses(headers, "cc")[0]),
+        date=headers.date(),
+        content_type=headers.content_type(msg),
+        headers=headers.raw_headers(),
         text=text,
         html=html,
         attachments=attachments,
@@ -287,20 +222,13 @@ def parse(raw: RawMail) -> Inbound:
     )
 
 
-def _bodies_any(msg: Message, data: bytes) -> tuple[str, str | None, tuple[Attachment, ...], tuple[str, ...]]:
-    """mail-parser's reading; on its failure, again over compat32; then the standard library alone."""
+def _bodies_any(msg: Message) -> tuple[str, str | None, tuple[Attachment, ...], tuple[str, ...]]:
+    """mail-parser's reading; on its failure, the standard library alone."""
     try:
         return _bodies(msg)
-    except Exception:
-        # policy.default's header parser crashes on some legal headers (e.g. on 3.11.7 a group with a
-        # comment, `To: unlisted-recipients:; (no To-header on input)`); mail-parser only needs compat32.
-        pass
-    compat = email.message_from_bytes(_readable(data), policy=email.policy.compat32)
-    try:
-        return _bodies(compat)
     except Exception:  # mail-parser's epilogue recovery fails on some malformed multiparts
         log.info("mail-parser could not read the bodies; using the standard library's reading")
-    return _stdlib_bodies(compat)
+    return _stdlib_bodies(msg)
 
 
 def _stdlib_bodies(msg: Message) -> tuple[str, str | None, tuple[Attachment, ...], tuple[str, ...]]:
