@@ -40,6 +40,7 @@ data = "{data}"
 invoices = "{data}/invoices"
 [smtp]
 listen = "127.0.0.1:{port}"
+processes = {processes}
 [relay]
 host = "127.0.0.1"
 port = {relay_port}
@@ -55,9 +56,10 @@ secret = "bench-secret"
 """
 
 
-def write_config(directory: Path, url: str, port: int, relay_port: int) -> Path:
+def write_config(directory: Path, url: str, port: int, relay_port: int, processes: int = 0) -> Path:
     path = directory / "maild.toml"
-    path.write_text(CONFIG.format(url=url, data=directory, port=port, relay_port=relay_port), encoding="utf-8")
+    path.write_text(CONFIG.format(url=url, data=directory, port=port, relay_port=relay_port, processes=processes),
+                    encoding="utf-8")
     return path
 
 
@@ -82,13 +84,13 @@ def read_ack(raw: bytes) -> tuple[str, Ack]:
     return answered, Ack(str(msg["Message-ID"]).strip().strip("<>"), str(msg["Subject"]), reply_to.strip())
 
 
-def maild_phase(corpus: Corpus, root: Path, url: str, connections: int) -> dict[str, Any]:
+def maild_phase(corpus: Corpus, root: Path, url: str, connections: int, processes: int = 0) -> dict[str, Any]:
     """One backend at one concurrency: intake rate and latency, ack delivery times, threading."""
     root.mkdir(parents=True, exist_ok=True)
     relay = StampedRelay()
     relay.start()
     port = free_port()
-    config = write_config(root, url, port, relay.port)
+    config = write_config(root, url, port, relay.port, processes)
     import_directory(config, corpus)
     daemon = start_maild(config, port, root / "maild.log")
     try:
@@ -155,7 +157,7 @@ def threading_verdict(url: str, corpus: Corpus) -> dict[str, int]:
 
 
 def intake_section(corpus: Corpus, root: Path, urls: dict[str, Callable[[Path, int], str]], levels: list[int],
-                   log: Any = print) -> dict[str, Any]:
+                   log: Any = print, processes: int = 0) -> dict[str, Any]:
     """Every backend x concurrency, each beside the baseline at the same concurrency."""
     out: dict[str, Any] = {"messages": len(corpus.new) + len(corpus.replies), "levels": {}}
     for c in levels:
@@ -163,7 +165,8 @@ def intake_section(corpus: Corpus, root: Path, urls: dict[str, Callable[[Path, i
         base = baseline_phase(corpus, root / f"fsync-{c}", c)
         level: dict[str, Any] = {"fsync_append": base}
         for backend, make_url in urls.items():
-            result = maild_phase(corpus, root / f"{backend}-{c}", make_url(root / f"{backend}-{c}", c), c)
+            where = root / f"{backend}-{c}"
+            result = maild_phase(corpus, where, make_url(where, c), c, processes)
             result["ratio_to_fsync"] = round(result["rate"] / base["rate"], 3) if base["rate"] else 0.0
             level[backend] = result
         out["levels"][str(c)] = level

@@ -55,7 +55,8 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"maild benchmark ({result['mode']}) {result['date']}: {m['nproc']} CPUs {m['cpu']}, "
           f"{m['memory_gib']} GiB, Python {m['python']}, {result['seconds']} s")
     widths = [26, 6, 8, 8, 9, 9, 9, 9, 14]
-    print("\nDurable SMTP intake (msgs/s; DATA->250 ms; ack = 250 -> acknowledgement at the relay, s)")
+    print("\nDurable SMTP intake (msgs/s; DATA->250 ms; ack = 250 -> acknowledgement at the relay, s); "
+          f"maild [smtp] processes = {result['intake'].get('processes', 0)}")
     print(_row(["server", "conns", "msgs", "rate", "p50 ms", "p99 ms", "ratio", "ack p50", "replies right"],
                widths))
     for conns, level in result["intake"]["levels"].items():

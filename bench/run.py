@@ -65,7 +65,7 @@ def start_postgres(root: Path) -> Any:
     return server
 
 
-def run(mode: str, root: Path, log: Any) -> dict[str, Any]:
+def run(mode: str, root: Path, log: Any, processes: int = 0) -> dict[str, Any]:
     cfg = MODES[mode]
     started = time.monotonic()
     result: dict[str, Any] = {"mode": mode, "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -77,10 +77,10 @@ def run(mode: str, root: Path, log: Any) -> dict[str, Any]:
     if pg is not None:
         urls["postgresql"] = lambda where, c: pg.create_database(f"bench_{c}")
     try:
-        result["intake"] = {"levels": {}}
+        result["intake"] = {"levels": {}, "processes": processes}
         for level in cfg["levels"]:
             size = cfg["headline"] if level == 8 or len(cfg["levels"]) < 3 else cfg["others"]
-            part = intake_section(make_corpus(size), root / "intake", urls, [level], log)
+            part = intake_section(make_corpus(size), root / "intake", urls, [level], log, processes)
             result["intake"]["levels"].update(part["levels"])
             result["intake"]["levels"][str(level)]["messages"] = size
     finally:
@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--smoke", action="store_true", help="seconds-long run for CI: 30 messages, no PostgreSQL")
     parser.add_argument("--json", metavar="PATH", help="also write the JSON object here")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (logs, stores)")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, metavar="N",
+                        help="maild's [smtp] processes (intake worker processes); default: the CPU count")
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
 
@@ -113,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep:
         root = Path(args.keep)
         root.mkdir(parents=True, exist_ok=True)
-        result = run(mode, root, log)
+        result = run(mode, root, log, args.processes)
     else:
         with tempfile.TemporaryDirectory(prefix="maild-bench-") as tmp:
             os.chmod(tmp, 0o755)  # PostgreSQL runs as its own user when we are root
-            result = run(mode, Path(tmp), log)
+            result = run(mode, Path(tmp), log, args.processes)
     print_table(result)
     text = json.dumps(result, ensure_ascii=False)
     print(text)

@@ -84,10 +84,10 @@ def open_case(
     case = Case(kind=kind, priority=priority.value, status=Status.NEW.value,
                 organisation_id=organisation.id if organisation else None, requester=requester.lower(),
                 requester_name=requester_name, subject=subject[:2000], created_at=now, updated_at=now,
-                linked_to_id=linked_to, participants=[requester.lower()])
+                linked_to_id=linked_to, participants=[requester.lower()], expedited=False)
+    update_clocks(case, settings, now, opened=True)  # before the INSERT, so it carries the due times
     session.add(case)
     session.flush()
-    update_clocks(case, settings, now, opened=True)
     record_event(session, case, kind="opened", actor=actor, now=now, to_status=Status.NEW.value, reason=reason,
                  linked_to=linked_to)
     if settings.lifecycle.assign == "round-robin":

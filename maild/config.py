@@ -46,6 +46,8 @@ class SmtpSettings:
     require_tls: bool = False
     data_timeout: int = 300
     shutdown_grace: int = 20
+    # Intake worker processes (maild.ingest.workers); 0 runs intake in threads of the daemon itself.
+    processes: int = 0
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,8 @@ def validate(s: Settings) -> None:
     host, sep, port = s.smtp.listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"[smtp] listen: expected host:port, got {s.smtp.listen!r}")
+    if not 0 <= s.smtp.processes <= 64:
+        raise ConfigError(f"[smtp] processes: expected 0 to 64, got {s.smtp.processes}")
     if s.relay.security not in ("none", "starttls", "tls"):
         raise ConfigError(f"[relay] security: expected none, starttls or tls, got {s.relay.security!r}")
     if "@" not in s.intake.address:

@@ -27,6 +27,7 @@ from maild.config import Settings
 from maild.db import open_store
 from maild.ingest.smtp import IngestFn
 from maild.ingest.smtp_server import start_server
+from maild.ingest.workers import IntakePool
 from maild.notify import notify, watchdog_interval
 
 log = logging.getLogger(__name__)
@@ -149,14 +150,27 @@ def _install_signals(loop: asyncio.AbstractEventLoop, stop: threading.Event) -> 
     return signals
 
 
+def _intake_pool(settings: Settings) -> IntakePool | None:
+    """The intake worker processes of ``[smtp] processes``, started before READY; None for 0."""
+    if settings.smtp.processes == 0:
+        return None
+    pool = IntakePool(settings, settings.smtp.processes)
+    pool.warm_up()
+    log.info("intake runs in %d worker processes", settings.smtp.processes)
+    return pool
+
+
 async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threading.Event,
                  ingest_fn: IngestFn | None) -> int:
     loop = asyncio.get_running_loop()
     signals = _install_signals(loop, stop)
+    pool = _intake_pool(settings) if ingest_fn is None else None
     try:
-        server = await start_server(factory, settings, ingest_fn=ingest_fn)
+        server = await start_server(factory, settings, ingest_fn=ingest_fn, pool=pool)
     except OSError as exc:
         log.error("cannot listen on %s: %s", settings.smtp.listen, exc)
+        if pool is not None:
+            pool.close()
         return 1
     workers = start_workers(factory, settings, stop)
     notify(f"READY=1\nSTATUS=accepting mail on {settings.smtp.listen}")
@@ -168,6 +182,8 @@ async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threa
         log.info("stopping: draining SMTP sessions for up to %ss", settings.smtp.shutdown_grace)
         notify("STOPPING=1\nSTATUS=draining")
         await server.shutdown(settings.smtp.shutdown_grace)
+        if pool is not None:
+            await asyncio.to_thread(pool.close)
         for thread in workers:
             await asyncio.to_thread(thread.join, settings.smtp.shutdown_grace)
             if thread.is_alive():

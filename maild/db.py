@@ -10,7 +10,9 @@ RELIABILITY rule 1) and takes the write lock at BEGIN (``BEGIN IMMEDIATE``), so 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Iterator
@@ -69,10 +71,50 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 # SQLite has one writer. Left to SQLite, waiting writers poll in its busy handler with growing sleeps,
 # and one can lose the race again and again past busy_timeout (a 451 under load, a 2.5 s p99 in the
-# benchmark). Within one process the writers queue on this lock instead (BEGIN IMMEDIATE still
-# guards against other processes). Re-entrant, so a nested transaction in the same thread is safe.
-_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+# benchmark). So writers queue instead: the threads of one process on an RLock, and processes (intake
+# workers, the CLI, a second daemon) on flock(2) of a file beside the database, which the kernel hands
+# on as soon as it is released. BEGIN IMMEDIATE still guards against writers that take neither.
+class _WriterLock:
+    """Re-entrant within a thread (a nested transaction is safe); the flock is held at depth 1 only."""
+
+    def __init__(self, lock_path: str | None) -> None:
+        self._rlock = threading.RLock()
+        self._depth = 0  # changed only by the thread holding _rlock
+        self._path = lock_path
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        self._rlock.acquire()
+        self._depth += 1
+        if self._depth == 1 and self._path is not None:
+            try:
+                if self._fd is None:
+                    self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._depth -= 1
+                self._rlock.release()
+                raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._depth == 1 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._depth -= 1
+            self._rlock.release()
+
+
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, _WriterLock] = weakref.WeakKeyDictionary()
+_NEW_LOCK = threading.Lock()
 _NO_LOCK = contextlib.nullcontext()
+
+
+def _lock_path(engine: Engine) -> str | None:
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return f"{Path(database).resolve()}-writer.lock"
 
 
 def _writer_lock(factory: sessionmaker[Session]) -> contextlib.AbstractContextManager[object]:
@@ -81,7 +123,10 @@ def _writer_lock(factory: sessionmaker[Session]) -> contextlib.AbstractContextMa
         return _NO_LOCK
     lock = _SQLITE_WRITERS.get(bind)
     if lock is None:
-        lock = _SQLITE_WRITERS.setdefault(bind, threading.RLock())
+        with _NEW_LOCK:
+            lock = _SQLITE_WRITERS.get(bind)
+            if lock is None:
+                lock = _SQLITE_WRITERS[bind] = _WriterLock(_lock_path(bind))
     return lock
 
 

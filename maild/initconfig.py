@@ -27,6 +27,7 @@ max_message_size = 26214400      # 25 MB; larger mail gets 552 5.3.4
 max_recipients = 100
 tls_cert = ""                    # PEM files; when set, STARTTLS is offered
 tls_key = ""
+processes = 0                    # intake worker processes for bursts (about one per CPU core); 0: in the daemon
 
 [relay]
 host = "localhost"

@@ -2,9 +2,10 @@
 """The SMTP intake listener: mail handed over by the organisation's MTA (SPEC §2, STYLE §2).
 
 ``IntakeHandler`` decides every reply: RCPT accepts only intake and reply addresses, MAIL checks
-SIZE, DATA bounds the message cheaply and then hands it to ``run_ingest`` in a worker thread,
-answering ``250`` only after that returned, i.e. after the commit (RELIABILITY rule 1).
-The server around it (sessions, connection cap, STARTTLS, shutdown drain) is ``smtp_server``.
+SIZE, DATA bounds the message cheaply and then hands it to ``run_ingest`` in a worker thread (or an
+intake worker process, ``maild.ingest.workers``), answering ``250`` only after that returned, i.e.
+after the commit (RELIABILITY rule 1). The server around it (sessions, connection cap, STARTTLS,
+shutdown drain) is ``smtp_server``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -24,11 +25,13 @@ from sqlalchemy.orm import sessionmaker
 from maild import clock
 from maild.config import Settings
 from maild.faults import fault_point
+from maild.ingest.batch import Batcher
 from maild.ingest.raw import RawMail
 from maild.logs import MESSAGE_LINE
 
 if TYPE_CHECKING:
     from maild.ingest.pipeline import IngestResult
+    from maild.ingest.workers import IntakePool
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ REPLY_TOO_MANY_HOPS = "554 5.4.0 Too many hops"
 IDENT = "ESMTP"  # the greeting names no software or version
 MAX_HEADER_BYTES = 1024 * 1024  # RELIABILITY R3: a header flood is refused before parsing
 MAX_CONNECTIONS = 200  # RELIABILITY R7: a connection cap; the MTA queues and retries on 421
+# Batches in flight without worker processes: one commits while the next is parsed and waits.
+THREAD_SLOTS = 2
 DISK_HEADROOM = 1.5  # RELIABILITY D4: 452 4.3.1 at MAIL when free space < 1.5 x max size
 
 _RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
@@ -104,15 +109,16 @@ class IntakeHandler:
 
     def __init__(self, factory: sessionmaker[DbSession], settings: Settings,
                  ingest_fn: IngestFn | None = None,
-                 disk_free: Callable[[], int | None] | None = None) -> None:
+                 disk_free: Callable[[], int | None] | None = None,
+                 pool: IntakePool | None = None) -> None:
         self.factory = factory
+        self.pool = pool
         self.settings = settings
-        if ingest_fn is None:
-            # Imported here so the listener module does not pull in the whole pipeline at import.
-            from maild.ingest.pipeline import run_ingest
-
-            ingest_fn = run_ingest
-        self.ingest_fn: IngestFn = ingest_fn
+        # A replacement ingest_fn (tests) runs per message in a thread; maild's own pipeline runs in
+        # batches (group commit), in worker processes when there is a pool.
+        self.ingest_fn: IngestFn | None = ingest_fn
+        slots = pool.processes if pool is not None else THREAD_SLOTS
+        self._batcher = Batcher(self._run_batch, slots=slots)
         self._intake = frozenset(settings.intake_kinds)
         self._reply_address = _reply_address_pattern(self._intake)
         self._disk_free = disk_free or self._data_dir_free
@@ -178,8 +184,7 @@ class IntakeHandler:
                       received_at=clock.now())
         started = time.monotonic()
         try:
-            # The database call runs in a worker thread so the loop keeps serving other sessions.
-            result = await asyncio.to_thread(self.ingest_fn, self.factory, self.settings, raw)
+            result = await self._ingest(raw)
         except Exception:
             # RELIABILITY rule 1 / D4: a storage failure is 4yz so the MTA retries; no details out.
             log.exception("intake of %s from %s failed; answered 451", message_id, raw.peer)
@@ -191,6 +196,20 @@ class IntakeHandler:
                   duration_ms, "smtp", raw.peer)
         ref = f"case-{result.case}" if result.case is not None else str(result.outcome)
         return REPLY_QUEUED.format(ref=ref)
+
+    async def _ingest(self, raw: RawMail) -> IngestResult:
+        # The pipeline runs off the event loop, so the loop keeps serving other sessions.
+        if self.ingest_fn is not None:
+            return await asyncio.to_thread(self.ingest_fn, self.factory, self.settings, raw)
+        return await self._batcher.ingest(raw)
+
+    async def _run_batch(self, raws: Sequence[RawMail]) -> Sequence[IngestResult | Exception]:
+        if self.pool is not None:
+            return await self.pool.ingest_batch(raws)
+        # Imported here so the listener module does not pull in the whole pipeline at import.
+        from maild.ingest.pipeline import run_ingest_batch
+
+        return await asyncio.to_thread(run_ingest_batch, self.factory, self.settings, raws)
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default answers "500 Error: (<class>) <text>": a 5yz makes the MTA bounce

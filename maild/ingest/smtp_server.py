@@ -19,7 +19,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, AnyStr
+from typing import TYPE_CHECKING, Any, AnyStr
 
 from aiosmtpd.smtp import SMTP
 from sqlalchemy.orm import Session as DbSession
@@ -35,6 +35,9 @@ from maild.ingest.smtp import (
     IngestFn,
     IntakeHandler,
 )
+
+if TYPE_CHECKING:
+    from maild.ingest.workers import IntakePool
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +145,10 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 async def start_server(factory: sessionmaker[DbSession], settings: Settings, *,
                        ingest_fn: IngestFn | None = None, listen: str | None = None,
-                       max_connections: int = MAX_CONNECTIONS) -> IntakeServer:
+                       max_connections: int = MAX_CONNECTIONS, pool: IntakePool | None = None) -> IntakeServer:
     """Bind the listener on the running loop (``listen`` defaults to ``[smtp] listen``)."""
     host, port = split_listen(listen or settings.smtp.listen)
-    handler = IntakeHandler(factory, settings, ingest_fn=ingest_fn)
+    handler = IntakeHandler(factory, settings, ingest_fn=ingest_fn, pool=pool)
     tls = make_tls_context(settings)
     loop = asyncio.get_running_loop()
     # aiosmtpd would resolve the FQDN for every session; once is enough.

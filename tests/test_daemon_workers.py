@@ -1,0 +1,146 @@
+# SPDX-License-Identifier: MIT
+"""``[smtp] processes``: intake in worker processes, and SQLite writers of several processes taking turns.
+
+The daemon is the real ``python -m maild run`` with two intake worker processes, a real capture relay
+and a SQLite store; a worker is killed with SIGKILL from outside, as the OOM killer would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from faultlib import Ledger, MaildProcess, check_no_loss, free_port, smtp_send
+from helpers import Desk, write_config
+from servers import CaptureRelay
+from sqlalchemy import text
+
+from maild.db import make_engine, make_sessionmaker, transaction
+
+
+@pytest.fixture
+def pooled(tmp_path: Path, relay: CaptureRelay) -> Iterator[tuple[Desk, MaildProcess]]:
+    port = free_port()
+    cfg = write_config(tmp_path, database_url=f"sqlite:///{tmp_path}/maild.db", relay_port=relay.port,
+                       extra=f'[smtp]\nlisten = "127.0.0.1:{port}"\nprocesses = 2\n')
+    desk = Desk(cfg)
+    desk.import_directory(REPO / "examples" / "directory.toml")
+    proc = MaildProcess(cfg, port, tmp_path / "maild.log")
+    yield desk, proc
+    if proc.proc is not None and proc.proc.poll() is None:
+        proc.kill()
+    desk.close()
+
+
+def children(pid: int) -> set[int]:
+    """Every descendant of ``pid`` (the forkserver and the workers it forked)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            kids = (task / "children").read_text().split()
+            for kid in map(int, kids):
+                if kid not in found:
+                    found.add(kid)
+                    todo.append(kid)
+    return found
+
+
+def test_worker_processes_take_mail_and_the_desk_acknowledges_it(pooled: tuple[Desk, MaildProcess],
+                                                                  relay: CaptureRelay) -> None:
+    # Eight mails from four MPOCs at once through two intake workers: eight 250s, cases, acknowledgements.
+    desk, proc = pooled
+    proc.start()
+    ledger = Ledger()
+    senders = ["anna@acme.example", "bernd@acme.example", "paula@globex.example", "peter@initech.example"] * 2
+    entries = [(ledger.mail(n, sender=f"Customer <{who}>"), who) for n, who in enumerate(senders)]
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda e: smtp_send(proc.port, ledger, e[0], mail_from=e[1]), entries))
+    assert codes == [250] * 8
+    acks = relay.wait_for(8, timeout=60)
+    assert sorted(a.rcpt_tos[0] for a in acks) == sorted(senders)
+    assert all(str(a.message["Subject"]).startswith("[Case #") for a in acks)
+    assert len(desk.cases()) == 8
+    assert "intake runs in 2 worker processes" in proc.log.read_text()
+    assert proc.stop() == 0
+    check_no_loss(desk.settings.database_url, ledger)
+
+
+def test_a_killed_worker_costs_a_retry_and_nothing_else(pooled: tuple[Desk, MaildProcess]) -> None:
+    # A worker dies (OOM killer): what it held is answered 451 or was committed; a resend is stored once.
+    desk, proc = pooled
+    proc.start()
+    assert proc.proc is not None
+    ledger = Ledger()
+    assert smtp_send(proc.port, ledger, ledger.mail(0)) == 250
+    before = children(proc.proc.pid)
+    assert len(before) >= 2
+    for pid in before:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    for n in range(1, 4):
+        entry = ledger.mail(n)
+        for _attempt in range(3):  # an MTA retries a 451
+            if smtp_send(proc.port, ledger, entry) == 250:
+                break
+        assert entry.accepted, entry.replies
+    assert proc.proc.poll() is None, "the daemon itself must survive a worker's death"
+    assert proc.stop() == 0
+    counts = check_no_loss(desk.settings.database_url, ledger)
+    assert counts["accepted"] == 4
+    assert len(desk.cases()) == 4
+
+
+def _write_turns(url: str, name: str, turns: int, started: multiprocessing.synchronize.Event) -> None:
+    engine = make_engine(url, busy_timeout_ms=1)  # SQLite's own wait is all but off: only maild's lock queues
+    factory = make_sessionmaker(engine)
+    started.wait(10)
+    for n in range(turns):
+        with transaction(factory) as session:
+            session.execute(text("INSERT INTO turns (who, n) VALUES (:who, :n)"), {"who": name, "n": n})
+            time.sleep(0.003)  # hold the write lock a while, as a real intake transaction does
+    engine.dispose()
+
+
+def test_writers_in_several_processes_take_turns_instead_of_failing(tmp_path: Path) -> None:
+    # Three processes write at once with SQLite's busy wait cut to 1 ms: none gets "database is locked".
+    url = f"sqlite:///{tmp_path}/turns.db"
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE turns (who TEXT, n INTEGER)"))
+    context = multiprocessing.get_context("spawn")
+    started = context.Event()
+    procs = [context.Process(target=_write_turns, args=(url, f"p{i}", 40, started)) for i in range(3)]
+    for p in procs:
+        p.start()
+    started.set()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM turns")).scalar_one() == 120
+    engine.dispose()
+
+
+def test_workers_do_not_outlive_a_killed_daemon(pooled: tuple[Desk, MaildProcess]) -> None:
+    # kill -9 of the daemon: its intake workers end by themselves instead of holding the store open.
+    _desk, proc = pooled
+    proc.start()
+    assert proc.proc is not None
+    workers = children(proc.proc.pid)
+    assert len(workers) >= 2
+    assert proc.kill() == -9
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
