@@ -265,7 +265,10 @@ class OutboxItem(Base):
     to_addr: Mapped[str] = mapped_column(String(320))
     subject: Mapped[str] = mapped_column(Text)
     message_id: Mapped[str] = mapped_column(String(998), unique=True)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
+    # The finished bytes. NULL until the sender claims a row queued with ``pending`` (what compose
+    # needs, see maild.outbound.outbox): they are composed once then, and every retry sends them.
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    pending: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))  # None is SQL NULL
     automatic: Mapped[bool] = mapped_column(Boolean, default=True)
     status: Mapped[str] = mapped_column(String(16), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -276,6 +279,8 @@ class OutboxItem(Base):
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     dedupe_key: Mapped[str | None] = mapped_column(String(300), unique=True)
+    # The case history's copy of this mail (CaseMessage.outbox_id), so both are added with one flush.
+    case_messages: Mapped[list[CaseMessage]] = relationship()
 
 
 class TimeEntry(Base):

@@ -25,6 +25,7 @@ from maild.enums import Outcome
 from maild.ingest.pipeline import IngestResult, run_ingest
 from maild.ingest.raw import RawMail
 from maild.models import Case, HeldMessage, OutboxItem
+from maild.outbound.outbox import message_bytes
 
 MT = ZoneInfo("America/Denver")
 # The shared real-world corpus sits beside the checkout (../shared/corpus), in CI too; MAILD_CORPUS moves it.
@@ -138,8 +139,12 @@ class Desk:
         return result
 
     def outbox(self) -> list[OutboxItem]:
+        """Every outbox row, its bytes composed (and stored, as the sender would) so ``.data`` is set."""
         with transaction(self.factory) as s:
-            return list(s.scalars(select(OutboxItem).order_by(OutboxItem.id)))
+            items = list(s.scalars(select(OutboxItem).order_by(OutboxItem.id)))
+            for item in items:
+                message_bytes(item, self.settings)
+            return items
 
     def held(self) -> list[HeldMessage]:
         with transaction(self.factory) as s:

@@ -16,7 +16,7 @@ import maild.db
 from maild.config import SecuritySettings, Settings
 from maild.models import BouncingAddress, Case, CaseEvent, CaseMessage, Organisation, OutboxItem, ThreadId
 from maild.outbound import queue_mail
-from maild.outbound.outbox import claim_due, mark_bounced, outbox_json
+from maild.outbound.outbox import claim_due, mark_bounced, message_bytes, outbox_json
 
 NOW = datetime(2026, 11, 20, 17, 0, tzinfo=UTC)
 SETTINGS = Settings(security=SecuritySettings(secret="test-secret"))
@@ -41,7 +41,7 @@ def make_case(session: Session, subject: str = "Phones down") -> Case:
 
 
 def test_case_ack_is_one_row_with_thread_records(factory: sessionmaker[Session]) -> None:
-    # An ack on a case is a queued row with the rendered bytes, a CaseMessage and a ThreadId for its id.
+    # An ack on a case is a queued row (bytes composed on first read), a CaseMessage and a ThreadId for its id.
     with maild.db.transaction(factory) as s:
         case = make_case(s)
         items = queue_mail(s, SETTINGS, template="ack_new_case", locale="de", to=[("Anna", "Anna@Acme.example")],
@@ -52,7 +52,9 @@ def test_case_ack_is_one_row_with_thread_records(factory: sessionmaker[Session])
         item = s.scalars(select(OutboxItem)).one()
         assert (item.status, item.attempts, item.to_addr, item.case_id) == ("queued", 0, "anna@acme.example", case_id)
         assert item.next_attempt_at == NOW and item.expires_at == NOW + timedelta(hours=96)
-        msg = message_from_bytes(item.data, policy=policy.default)
+        assert item.data is None and item.pending is not None  # composed off the intake's path
+        msg = message_from_bytes(message_bytes(item, SETTINGS), policy=policy.default)
+        assert item.data is not None and item.pending is None  # stored: composed once
         assert msg["Message-ID"] == f"<{item.message_id}>" and item.message_id.endswith("@example.com")
         assert msg["Subject"] == f"[Case #{case_id}] Wir haben Ihre Anfrage erhalten: Phones down"
         assert msg["In-Reply-To"] == "<cust@acme.example>"
@@ -70,7 +72,7 @@ def test_one_row_per_recipient_each_with_its_own_message_id(factory: sessionmake
                            context={"window": WINDOW}, now=NOW, auto_kind="auto-generated")  # fmt: skip
         assert [i.to_addr for i in items] == ["a@acme.example", "b@acme.example", "c@acme.example"]
         assert len({i.message_id for i in items}) == 3
-        first = message_from_bytes(items[0].data, policy=policy.default)
+        first = message_from_bytes(message_bytes(items[0], SETTINGS), policy=policy.default)
         assert first["To"].addresses[0].display_name == "A" and first["Auto-Submitted"] == "auto-generated"
         assert "Hello A," in first.get_body(("plain",)).get_content()  # type: ignore[union-attr]
 

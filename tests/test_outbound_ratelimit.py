@@ -3,19 +3,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+import random
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import maild.db
 from maild.config import IntakeSettings, SecuritySettings, Settings
 from maild.models import Case, OutboxItem
 from maild.outbound import queue_mail
-from maild.outbound.ratelimit import allow_automatic
+from maild.outbound.ratelimit import ACK_TEMPLATES, MPOC_NOTICE, UNAUTHORISED, allow_automatic
 
 NOW = datetime(2026, 11, 20, 17, 0, tzinfo=UTC)
 SETTINGS = Settings(
@@ -88,3 +90,58 @@ def test_other_mail_is_not_capped(factory: sessionmaker[Session]) -> None:
     # Notices and staff replies are not acknowledgements: no cap applies to them.
     with maild.db.transaction(factory) as s:
         assert all(allow_automatic(s, SETTINGS, BOT, "no_response_warning", NOW, None) for _ in range(10))
+
+
+def three_counts(s: Session, to: str, template: str, now: datetime, case_id: int | None) -> bool:
+    """The caps as separate COUNTs, the way allow_automatic asked them before it used one SELECT."""
+
+    def n(templates: Collection[str], since: datetime | None, case: int | None = None) -> int:
+        stmt = select(func.count(OutboxItem.id)).where(OutboxItem.to_addr == to, OutboxItem.template.in_(templates))
+        if since is not None:
+            stmt = stmt.where(OutboxItem.created_at > since)
+        if case is not None:
+            stmt = stmt.where(OutboxItem.case_id == case)
+        return s.scalar(stmt) or 0
+
+    i, hour, day = SETTINGS.intake, timedelta(hours=1), timedelta(days=1)
+    if template in ACK_TEMPLATES:
+        if case_id is not None and n({template}, None, case_id) >= 1:
+            return False
+        return n(ACK_TEMPLATES, now - hour) < i.ack_per_sender_per_hour and n(ACK_TEMPLATES, now - day) < (
+            i.ack_per_sender_per_day)
+    if template == UNAUTHORISED:
+        return n({UNAUTHORISED}, now - day) < i.unauthorised_reply_per_day
+    if template == MPOC_NOTICE:
+        return n({MPOC_NOTICE}, now - hour) < i.ack_per_sender_per_hour and n({MPOC_NOTICE}, now - day) < (
+            i.ack_per_sender_per_day)
+    return True
+
+
+def test_one_select_gives_the_answers_of_the_separate_counts(factory: sessionmaker[Session]) -> None:
+    # Over random outboxes around the caps (3 addresses, every capped template, 3 cases, rows on the hour
+    # and day edges), the one conditional-aggregate SELECT answers exactly as the separate COUNTs did.
+    people, cases = ["a@x.example", "b@x.example", "c@x.example"], [1, 2, 3]
+    templates = [*sorted(ACK_TEMPLATES), UNAUTHORISED, MPOC_NOTICE, "staff_reply"]
+    answers: list[bool] = []
+    with maild.db.transaction(factory) as s:
+        s.add_all(Case(id=c, subject="x", requester=people[0], created_at=NOW, updated_at=NOW) for c in cases)
+        statements: list[str] = []
+        event.listen(s.get_bind(), "before_cursor_execute", lambda *a: statements.append(a[2]))
+        for seed in range(12):
+            rnd = random.Random(seed)
+            s.execute(delete(OutboxItem))
+            for n in range(6 + 3 * seed):
+                at = NOW - timedelta(minutes=rnd.choice([0, 60, 60, 61, 1439, 1440, 1440, 1441, 3000]))
+                s.add(OutboxItem(case_id=rnd.choice([None, *cases]), template=rnd.choice(templates), from_addr="s@x",
+                                 to_addr=rnd.choice(people), subject="x", message_id=f"m{n}@x", data=b"x",
+                                 created_at=at, next_attempt_at=at, expires_at=at))  # fmt: skip
+            s.flush()
+            for to, template, case_id, now in itertools.product(
+                people, templates, [None, *cases], (NOW, NOW + timedelta(minutes=30), NOW + timedelta(days=1))
+            ):
+                statements.clear()
+                allowed = allow_automatic(s, SETTINGS, to.upper(), template, now, case_id)
+                assert len(statements) == (template != "staff_reply")  # one SELECT; none when not capped
+                assert allowed == three_counts(s, to, template, now, case_id), (seed, to, template, case_id, now)
+                answers.append(allowed)
+    assert 0.2 < sum(answers) / len(answers) < 0.9  # both answers, often: the comparison can fail

@@ -1,10 +1,14 @@
 # SPDX-License-Identifier: MIT
 """The outbox: every outbound mail is a row written in the transaction of the change that caused it.
 
-``queue_mail`` renders and composes the mail now and stores the finished bytes, one row per
-recipient (RELIABILITY O3: each recipient has its own delivery state, so one refused address never
-makes the others look failed or sent). The sender only ever sends stored bytes, so a retry four days
-later is byte-identical, Message-ID included (SPEC §6 "nothing is sent twice" + STYLE §5).
+``queue_mail`` renders the mail now (the case history keeps the rendered text, the row its Subject)
+and fixes its Message-ID, one row per recipient (RELIABILITY O3: each recipient has its own delivery
+state, so one refused address never makes the others look failed or sent). The bytes are composed
+later, off the intake's SMTP 250 path: the row stores what compose needs (``pending``, a
+``compose.Draft``) and ``message_bytes`` composes and stores the bytes once, when the sender claims
+the row, before the first delivery attempt. The sender only ever sends stored bytes, so a retry four
+days later is byte-identical, Message-ID and Date included (SPEC §6 "nothing is sent twice" + STYLE
+§5). Mail with attachments (invoices) is composed at once: a draft would have to carry the files.
 
 Nothing here commits: rows go into the caller's session (STYLE habit 4).
 """
@@ -18,16 +22,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.headerregistry import Address
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import CursorResult, bindparam, null, or_, select, update
+from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from maild.config import Settings
 from maild.enums import Direction, OutboxStatus
 from maild.models import BouncingAddress, Case, CaseEvent, CaseMessage, OutboxItem, ThreadId
 from maild.outbound import ratelimit
-from maild.outbound.compose import clean_address, compose, serialize
+from maild.outbound.compose import Draft, clean_address, compose_draft, subject_text
 from maild.outbound.render import Rendered, render
 from maild.threading.addresses import message_id_for, reply_address
 from maild.threading.subject import format_tag, tag_subject
@@ -114,11 +119,15 @@ def _recipients(to: Sequence[tuple[str, str]]) -> list[Recipient]:
     return out
 
 
+# Built once, with a bound parameter: building a statement costs more than the lookup itself.
+_QUEUED = select(OutboxItem.id).where(OutboxItem.dedupe_key == bindparam("key"))
+
+
 def _skip_reason(
     session: Session, settings: Settings, *, template: str, rcpt: Recipient, automatic: bool,
     row_key: str | None, case: Case | None, now: datetime,
 ) -> str | None:  # fmt: skip
-    if row_key is not None and session.scalar(select(OutboxItem.id).where(OutboxItem.dedupe_key == row_key)):
+    if row_key is not None and session.scalar(_QUEUED, {"key": row_key}):
         return "already queued"
     if automatic and is_bouncing(session, rcpt.email, now):
         return "address is bouncing"
@@ -153,7 +162,9 @@ def queue_mail(
     ``context`` holds the template's own keys; ``desk``, ``recipient``, ``org``, ``case`` and ``zone``
     are filled in (``context`` wins where it names them). Skipped, and logged, are: recipients that
     already have a row for ``dedupe_key``, and for automatic mail addresses that hard-bounced
-    (``BouncingAddress``) or are over their rate limit (``ratelimit``). Returns the rows added.
+    (``BouncingAddress``) or are over their rate limit (``ratelimit``). Returns the rows added, flushed
+    (their ids set). Mail without attachments is stored as a draft, composed when first read
+    (``message_bytes``).
     """
     queued: list[OutboxItem] = []
     for rcpt in _recipients(to):
@@ -170,6 +181,8 @@ def queue_mail(
                                now=now, case=case, in_reply_to=in_reply_to, references=references,
                                automatic=automatic, auto_kind=auto_kind, attachments=attachments,
                                row_key=row_key))  # fmt: skip
+    if queued:
+        session.flush()  # one flush for all rows: callers record the returned rows' ids (case events)
     return queued
 
 
@@ -181,32 +194,71 @@ def _add_row(
     kind = template.replace("_", "-")
     mid = message_id_for(kind, _mid_key(row_key), settings.mail_domain, settings.secret_bytes)
     number = case.id if case is not None else None
-    msg = compose(
-        settings, rendered, to=rcpt.email, to_name=rcpt.name, message_id=mid, case_number=number,
-        in_reply_to=in_reply_to, references=references, automatic=automatic, auto_kind=auto_kind,
-        attachments=attachments, now=now,
+    draft = Draft(
+        rendered=rendered, to=rcpt.email, to_name=rcpt.name, message_id=mid, case_number=number,
+        in_reply_to=in_reply_to, references=tuple(references), automatic=automatic, auto_kind=auto_kind,
         reply_to=None if case is None else reply_address(settings.support_address, case.id, settings.secret_bytes),
-        thread_topic=None if case is None else tag_subject(case.subject, case.id),
-        thread_started=None if case is None else case.created_at,
+        now=now, thread_topic=None if case is None else tag_subject(case.subject, case.id),
+        thread_started=None if case is None else case.created_at, from_name=settings.desk.name,
     )  # fmt: skip
     item = OutboxItem(
         case_id=number, template=template, from_addr=settings.support_address, to_addr=rcpt.email.lower(),
-        subject=str(msg["Subject"]), message_id=mid, data=serialize(msg), automatic=automatic,
+        subject=subject_text(rendered.subject, number), message_id=mid, automatic=automatic,
+        data=compose_draft(settings, draft, attachments) if attachments else None,
+        pending=None if attachments else draft.to_json(),
         status=OutboxStatus.QUEUED.value, attempts=0, created_at=now, next_attempt_at=now,
         expires_at=now + timedelta(hours=settings.relay.give_up_hours), dedupe_key=row_key,
     )  # fmt: skip
     session.add(item)
     if case is not None:
-        session.flush()  # the CaseMessage points at the row's id
-        session.add(ThreadId(message_id=item.message_id, case_id=case.id))
-        session.add(CaseMessage(
+        session.add(ThreadId(message_id=mid, case_id=case.id))
+        # Through the relationship: the flush that inserts the row fills in outbox_id.
+        item.case_messages.append(CaseMessage(
             case_id=case.id, direction=Direction.OUT.value, author="system" if automatic else "staff",
             from_addr=settings.support_address, to_addrs=[rcpt.email], subject=item.subject,
-            message_id=item.message_id, date=now, text=rendered.text, html=rendered.html,
-            outbox_id=item.id,
+            message_id=mid, date=now, text=rendered.text, html=rendered.html,
         ))  # fmt: skip
-    log.info("outbox: queued %s to %s %s", template, rcpt.email, item.message_id)
+    log.info("outbox: queued %s to %s %s", template, rcpt.email, mid)
     return item
+
+
+# Stores composed bytes unless another reader stored theirs first (the check and the write are one
+# statement, so on PostgreSQL a concurrent one waits for the row lock and then finds data set).
+_STORE = (
+    update(OutboxItem)
+    .where(OutboxItem.id == bindparam("row"), OutboxItem.data.is_(None))
+    .values(data=bindparam("composed"), pending=null())
+    .execution_options(synchronize_session=False)
+)
+
+
+def message_bytes(item: OutboxItem, settings: Settings) -> bytes:
+    """The mail's wire bytes: the stored ones, else composed now from the row's draft and stored.
+
+    Every reader of a row's bytes goes through here (the sender, tests). The bytes are composed once:
+    the first reader stores them (a later or concurrent one gets those, not its own: the MIME boundary
+    is random), so every delivery attempt sends exactly the same bytes even if the templates, the code
+    or the settings changed meanwhile (STYLE §5). The sender calls this in the transaction that claims
+    the row, so they are stored before the first attempt.
+    """
+    if item.data is not None:
+        return item.data
+    if item.pending is None:
+        raise ValueError(f"outbox {item.id} has neither bytes nor a draft")
+    data = compose_draft(settings, Draft.from_json(item.pending))
+    session = object_session(item)
+    if session is None or item.id is None:  # detached, or not inserted yet: it keeps them in memory
+        item.data, item.pending = data, None
+        return data
+    stored = cast("CursorResult[Any]", session.execute(_STORE, {"row": item.id, "composed": data}))
+    if stored.rowcount == 1:
+        set_committed_value(item, "data", data)
+        set_committed_value(item, "pending", None)
+        return data
+    session.refresh(item, ["data", "pending"])  # another reader's bytes, stored first
+    if item.data is None:
+        raise ValueError(f"outbox {item.id} has no bytes after storing them")
+    return item.data
 
 
 def claim_due(session: Session, now: datetime, limit: int, lease: timedelta) -> list[OutboxItem]:

@@ -1,6 +1,9 @@
 # SPDX-License-Identifier: MIT
 """The outbox sender: claim due rows, hand them to the relay, record what happened.
 
+A row queued without its bytes (see maild.outbound.outbox) has them composed and stored in the
+transaction that claims it, so they are durable before the first attempt and every retry is the same.
+
 The back-off lives in the row (``next_attempt_at``), not in a sleeping retry loop (RELIABILITY rule 4,
 Mailman's persisted ``deliver_until``): a restart loses nothing and never sends early. Delivery runs
 outside any transaction, so a slow relay never holds the database's write lock.
@@ -22,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild.config import Settings
@@ -29,7 +33,7 @@ from maild.db import transaction
 from maild.enums import OutboxStatus
 from maild.faults import fault_point
 from maild.models import CaseEvent, OutboxItem, Staff
-from maild.outbound.outbox import claim_due, queue_mail
+from maild.outbound.outbox import claim_due, message_bytes, queue_mail
 from maild.outbound.relay import Deliverable, PermanentFailure, Relay, TemporaryFailure
 
 log = logging.getLogger(__name__)
@@ -78,10 +82,13 @@ def send_due(
     while len(actions) < limit:
         with transaction(factory) as session:
             rows = claim_due(session, now, 1, lease_for(settings))
-            claimed = [Claimed(r.id, r.to_addr, r.data, r.message_id, r.attempts) for r in rows]
-        if not claimed:
+            prepared = _prepare(session, settings, rows[0], now) if rows else None
+        if prepared is None:
             break
-        item = claimed[0]
+        if isinstance(prepared, dict):  # could not be composed: the row failed, staff were told
+            actions.append(prepared)
+            continue
+        item = prepared
         error: Exception | None = None
         try:
             relay.deliver(_AsDeliverable(item))
@@ -91,6 +98,21 @@ def send_due(
         with transaction(factory) as session:
             actions.append(record(session, settings, item, error, now))
     return actions
+
+
+def _prepare(session: Session, settings: Settings, row: OutboxItem, now: datetime) -> Claimed | dict[str, Any]:
+    """The claimed row's snapshot, its bytes composed and stored in the claiming transaction (so they
+    are in the store before the first delivery attempt), or, if they cannot be composed, the row
+    recorded as failed: one bad row must not stop every row queued after it."""
+    try:
+        data = message_bytes(row, settings)
+    except SQLAlchemyError:
+        raise  # the store's trouble, not the row's: the claim rolls back and the row is tried again
+    except Exception as exc:  # whatever compose raised on this row's stored inputs
+        log.exception("outbox %s to %s: cannot compose the mail", row.id, row.to_addr)
+        snapshot = Claimed(row.id, row.to_addr, b"", row.message_id, row.attempts)
+        return record(session, settings, snapshot, PermanentFailure(f"cannot compose the mail: {exc!r}"), now)
+    return Claimed(row.id, row.to_addr, data, row.message_id, row.attempts)
 
 
 @dataclass(frozen=True)
