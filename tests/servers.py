@@ -535,6 +535,7 @@ class CapturedMessage:
     message: EmailMessage
     mail_options: tuple[str, ...]
     reply: str
+    peer: Any = None  # the client's (host, port): one value per SMTP connection
 
 
 DROP = "DROP"  # a DATA "reply" that closes the connection without answering (RFC 5321 §3.8)
@@ -577,7 +578,7 @@ class _Handler:
         assert isinstance(message, EmailMessage)
         self.relay._record(
             CapturedMessage(envelope.mail_from, tuple(envelope.rcpt_tos), raw, message,
-                            tuple(envelope.mail_options), reply)
+                            tuple(envelope.mail_options), reply, session.peer)
         )  # fmt: skip
         return reply
 

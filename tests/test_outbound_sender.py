@@ -203,3 +203,28 @@ def test_per_recipient_rows_are_sent_or_failed_separately(
     send_due(factory, settings, NOW, relay=fast(settings), limit=2)
     assert [(row(factory, i).to_addr, row(factory, i).status) for i in ids] == [(good, "sent"), (bad, "failed")]
     assert [m.rcpt_tos for m in relay.messages] == [(good,)]
+
+
+def test_a_batch_of_mail_goes_over_one_relay_connection(factory: sessionmaker[Session], settings: Settings,
+                                                        relay: CaptureRelay) -> None:
+    # Five queued acknowledgements: all five reach the relay in one SMTP session, not five handshakes.
+    ids = queue_ack(factory, settings, to=[f"user{n}@acme.example" for n in range(5)])
+    actions = send_due(factory, settings, NOW, relay=fast(settings))
+    assert [a["action"] for a in actions] == ["sent"] * 5
+    got = relay.wait_for(5)
+    assert sorted(m.rcpt_tos[0] for m in got) == [f"user{n}@acme.example" for n in range(5)]
+    assert len({m.peer for m in got}) == 1
+    assert all(row(factory, i).status == "sent" for i in ids)
+
+
+def test_a_refused_mail_does_not_spoil_the_connection_for_the_next(factory: sessionmaker[Session],
+                                                                  settings: Settings, relay: CaptureRelay) -> None:
+    # The relay refuses one recipient mid-batch: that row fails alone (staff are told), the others are sent.
+    relay.reject_rcpt("user1@acme.example")
+    queue_ack(factory, settings, to=[f"user{n}@acme.example" for n in range(3)])
+    actions = send_due(factory, settings, NOW, relay=fast(settings))
+    assert {a["to"]: a["action"] for a in actions} == {
+        "user0@acme.example": "sent", "user1@acme.example": "failed", "user2@acme.example": "sent",
+        STAFF: "sent"}
+    assert sorted(m.rcpt_tos[0] for m in relay.messages if m.rcpt_tos[0].startswith("user")) == [
+        "user0@acme.example", "user2@acme.example"]

@@ -250,15 +250,21 @@ def message_bytes(item: OutboxItem, settings: Settings) -> bytes:
     if session is None or item.id is None:  # detached, or not inserted yet: it keeps them in memory
         item.data, item.pending = data, None
         return data
-    stored = cast("CursorResult[Any]", session.execute(_STORE, {"row": item.id, "composed": data}))
+    kept = store_bytes(session, item.id, data)
+    set_committed_value(item, "data", kept)
+    set_committed_value(item, "pending", None)
+    return kept
+
+
+def store_bytes(session: Session, item_id: int, data: bytes) -> bytes:
+    """Store a row's composed bytes unless a reader stored some first; the bytes the row now holds."""
+    stored = cast("CursorResult[Any]", session.execute(_STORE, {"row": item_id, "composed": data}))
     if stored.rowcount == 1:
-        set_committed_value(item, "data", data)
-        set_committed_value(item, "pending", None)
         return data
-    session.refresh(item, ["data", "pending"])  # another reader's bytes, stored first
-    if item.data is None:
-        raise ValueError(f"outbox {item.id} has no bytes after storing them")
-    return item.data
+    kept = session.scalar(select(OutboxItem.data).where(OutboxItem.id == item_id))  # another reader's
+    if kept is None:
+        raise ValueError(f"outbox {item_id} has no bytes after storing them")
+    return kept
 
 
 def claim_due(session: Session, now: datetime, limit: int, lease: timedelta) -> list[OutboxItem]:

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild.config import Settings
@@ -33,7 +33,8 @@ from maild.db import transaction
 from maild.enums import OutboxStatus
 from maild.faults import fault_point
 from maild.models import CaseEvent, OutboxItem, Staff
-from maild.outbound.outbox import claim_due, message_bytes, queue_mail
+from maild.outbound.compose import Draft, compose_draft
+from maild.outbound.outbox import claim_due, queue_mail, store_bytes
 from maild.outbound.relay import Deliverable, PermanentFailure, Relay, TemporaryFailure
 
 log = logging.getLogger(__name__)
@@ -72,47 +73,99 @@ def wake() -> None:
     WAKE.set()
 
 
+CLAIM_BATCH = 20  # rows claimed (and composed) per transaction; each is still recorded on its own
+
+
 def send_due(
     factory: sessionmaker[Session], settings: Settings, now: datetime, *, limit: int = 100,
     relay: Relay | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """Deliver up to ``limit`` due rows one at a time; one JSON-able dict per row handled."""
+    """Deliver up to ``limit`` due rows; one JSON-able dict per row handled.
+
+    Rows are claimed and composed a batch at a time (one transaction), delivered over one relay
+    connection, and each outcome is committed right after its delivery, so a crash re-sends at most
+    the one mail that was between the relay's 250 and its commit (at-least-once, STYLE §5).
+    """
     relay = relay or Relay(settings)
     actions: list[dict[str, Any]] = []
-    while len(actions) < limit:
-        with transaction(factory) as session:
-            rows = claim_due(session, now, 1, lease_for(settings))
-            prepared = _prepare(session, settings, rows[0], now) if rows else None
-        if prepared is None:
-            break
-        if isinstance(prepared, dict):  # could not be composed: the row failed, staff were told
-            actions.append(prepared)
-            continue
-        item = prepared
-        error: Exception | None = None
-        try:
-            relay.deliver(_AsDeliverable(item))
-            fault_point("after_send_before_mark")  # tests only (MAILD_FAULT): relayed, row not yet marked
-        except (TemporaryFailure, PermanentFailure) as exc:
-            error = exc
-        with transaction(factory) as session:
-            actions.append(record(session, settings, item, error, now))
+    half_lease = lease_for(settings).total_seconds() / 2
+    try:
+        while len(actions) < limit:
+            with transaction(factory) as session:
+                rows = claim_due(session, now, min(CLAIM_BATCH, limit - len(actions)), lease_for(settings))
+                drafts = [_Snapshot.of(row) for row in rows]
+            if not drafts:
+                break
+            claimed_at = time.monotonic()
+            for item in _compose_and_store(factory, settings, drafts, now):
+                if isinstance(item, dict):  # could not be composed: the row failed, staff were told
+                    actions.append(item)
+                elif time.monotonic() - claimed_at > half_lease:
+                    # A slow relay: leave the rest of the batch to a later run, long before another
+                    # sender could take the rows when their claims run out (no double send).
+                    return actions
+                else:
+                    actions.append(_deliver_one(factory, settings, relay, item, now))
+    finally:
+        relay.close()
     return actions
 
 
-def _prepare(session: Session, settings: Settings, row: OutboxItem, now: datetime) -> Claimed | dict[str, Any]:
-    """The claimed row's snapshot, its bytes composed and stored in the claiming transaction (so they
-    are in the store before the first delivery attempt), or, if they cannot be composed, the row
-    recorded as failed: one bad row must not stop every row queued after it."""
+@dataclass(frozen=True)
+class _Snapshot:
+    """A claimed row as read in the claim: its bytes, or the draft they are composed from."""
+
+    id: int
+    to_addr: str
+    data: bytes | None
+    pending: dict[str, Any] | None
+    message_id: str
+    attempts: int
+
+    @classmethod
+    def of(cls, row: OutboxItem) -> _Snapshot:
+        return cls(row.id, row.to_addr, row.data, row.pending, row.message_id, row.attempts)
+
+    def claimed(self, data: bytes) -> Claimed:
+        return Claimed(self.id, self.to_addr, data, self.message_id, self.attempts)
+
+
+def _compose_and_store(factory: sessionmaker[Session], settings: Settings, drafts: list[_Snapshot],
+                       now: datetime) -> list[Claimed | dict[str, Any]]:
+    """Compose the drafts outside any transaction (CPU work must not hold SQLite's write lock), then
+    store all their bytes in one transaction, before the first delivery attempt. A draft that cannot
+    be composed fails its row alone: one bad row must not stop every row queued after it."""
+    composed: dict[int, bytes | Exception] = {}
+    for draft in drafts:
+        if draft.data is None:
+            try:
+                composed[draft.id] = compose_draft(settings, Draft.from_json(draft.pending or {}))
+            except Exception as exc:  # whatever compose raised on this row's stored inputs
+                log.exception("outbox %s to %s: cannot compose the mail", draft.id, draft.to_addr)
+                composed[draft.id] = exc
+    ready: dict[int, Claimed | dict[str, Any]] = {d.id: d.claimed(d.data) for d in drafts if d.data is not None}
+    if composed:
+        with transaction(factory) as session:
+            for draft in drafts:
+                made = composed.get(draft.id)
+                if isinstance(made, Exception):
+                    failure = PermanentFailure(f"cannot compose the mail: {made!r}")
+                    ready[draft.id] = record(session, settings, draft.claimed(b""), failure, now)
+                elif made is not None:
+                    ready[draft.id] = draft.claimed(store_bytes(session, draft.id, made))
+    return [ready[d.id] for d in drafts if d.id in ready]
+
+
+def _deliver_one(factory: sessionmaker[Session], settings: Settings, relay: Relay, item: Claimed,
+                 now: datetime) -> dict[str, Any]:
+    error: Exception | None = None
     try:
-        data = message_bytes(row, settings)
-    except SQLAlchemyError:
-        raise  # the store's trouble, not the row's: the claim rolls back and the row is tried again
-    except Exception as exc:  # whatever compose raised on this row's stored inputs
-        log.exception("outbox %s to %s: cannot compose the mail", row.id, row.to_addr)
-        snapshot = Claimed(row.id, row.to_addr, b"", row.message_id, row.attempts)
-        return record(session, settings, snapshot, PermanentFailure(f"cannot compose the mail: {exc!r}"), now)
-    return Claimed(row.id, row.to_addr, data, row.message_id, row.attempts)
+        relay.deliver(_AsDeliverable(item))
+        fault_point("after_send_before_mark")  # tests only (MAILD_FAULT): relayed, row not yet marked
+    except (TemporaryFailure, PermanentFailure) as exc:
+        error = exc
+    with transaction(factory) as session:
+        return record(session, settings, item, error, now)
 
 
 @dataclass(frozen=True)
