@@ -136,6 +136,7 @@ def link_message_id(session: Session, case: Case, message_id: str) -> None:
 
 def add_inbound(
     session: Session, case: Case, inbound: Inbound, raw: RawMessage, *, author: str, now: datetime,
+    new_case: bool = False,
 ) -> CaseMessage:
     """Record a received message on a case: new text, quoted history and signature kept apart."""
     parts = split(inbound.text)
@@ -149,7 +150,10 @@ def add_inbound(
     session.flush()
     for att in inbound.attachments:
         store_attachment(session, msg, att.filename, att.content_type, att.data)
-    link_message_id(session, case, inbound.message_id)
+    if new_case:  # a case opened in this transaction has no thread ids yet: no lookup needed
+        session.add(ThreadId(message_id=inbound.message_id, case_id=case.id))
+    else:
+        link_message_id(session, case, inbound.message_id)
     if author == "customer":
         case.last_inbound_message_id = inbound.message_id
         for addr in (inbound.from_addr, *inbound.cc):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from maild.enums import Role
 from maild.models import Contact, Organisation, OrgDomain, Staff
@@ -200,7 +200,9 @@ def _upsert_staff(session: Session, rec: dict[str, Any], where: str, report: Imp
 def contact_by_email(session: Session, email: str | None) -> Contact | None:
     if not email:
         return None
-    return session.scalar(select(Contact).where(Contact.email == email.lower()))
+    # The organisation comes in the same query: intake reads it for every contact it finds.
+    return session.scalar(select(Contact).options(joinedload(Contact.organisation))
+                          .where(Contact.email == email.lower()))
 
 
 def staff_by_email(session: Session, email: str | None) -> Staff | None:

@@ -279,7 +279,7 @@ def apply(session: Session, decision: Decision, case: Case | None, inbound: Inbo
                          requester_name=inbound.from_name, organisation=org,
                          subject=strip_prefixes(inbound.subject) or "(no subject)", now=now, actor=sender,
                          linked_to=original.id if original else None, reason=decision.reason)
-        add_inbound(session, case, inbound, stored, author="customer", now=now)
+        add_inbound(session, case, inbound, stored, author="customer", now=now, new_case=True)
         template = "ack_linked_case" if original else "ack_new_case"
         extra: dict[str, Any] = {"original": {"number": original.id, "subject": original.subject,
                               "status": original.status}} if original else {}
