@@ -89,7 +89,10 @@ class _WriterLock:
         if self._depth == 1 and self._path is not None:
             try:
                 if self._fd is None:
-                    self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                    self._fd = _open_lock_file(self._path)
+                if self._fd is None:  # cannot be opened: SQLite's own busy wait still keeps writers apart
+                    self._path = None
+                    return
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
             except BaseException:
                 self._depth -= 1
@@ -103,6 +106,23 @@ class _WriterLock:
         finally:
             self._depth -= 1
             self._rlock.release()
+
+
+def _open_lock_file(path: str) -> int | None:
+    """The lock file, made with the database file's owner and group when root makes it (an operator's
+    ``maild`` command as root must not lock the daemon's user out); None, logged, if it cannot be
+    opened (a read-only directory, another user's file)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+    except OSError as exc:
+        log.warning("SQLite writers of several processes will not queue in order: %s", exc)
+        return None
+    database = path.removesuffix("-writer.lock")
+    if os.geteuid() == 0 and os.path.exists(database):
+        with contextlib.suppress(OSError):
+            owner = os.stat(database)
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+    return fd
 
 
 _SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, _WriterLock] = weakref.WeakKeyDictionary()

@@ -144,3 +144,32 @@ def test_workers_do_not_outlive_a_killed_daemon(pooled: tuple[Desk, MaildProcess
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+
+
+def test_a_lock_file_that_cannot_be_opened_does_not_stop_writes(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    # The writer lock file cannot be opened (here: a directory in its place): writes still succeed.
+    url = f"sqlite:///{tmp_path}/turns.db"
+    (tmp_path / "turns.db-writer.lock").mkdir()
+    factory = make_sessionmaker(make_engine(url))
+    with transaction(factory) as session:
+        session.execute(text("CREATE TABLE turns (who TEXT, n INTEGER)"))
+        session.execute(text("INSERT INTO turns VALUES ('a', 1)"))
+    with transaction(factory) as session:
+        assert session.execute(text("SELECT count(*) FROM turns")).scalar_one() == 1
+    assert "will not queue in order" in caplog.text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_root_makes_the_lock_file_for_the_database_owner(tmp_path: Path) -> None:
+    # An operator's command run as root creates the lock file owned like the database, not by root.
+    url = f"sqlite:///{tmp_path}/desk.db"
+    make_engine(url).dispose()
+    database = tmp_path / "desk.db"
+    database.touch()
+    os.chown(database, 65534, 65534)
+    factory = make_sessionmaker(make_engine(url))
+    with transaction(factory) as session:
+        session.execute(text("SELECT 1"))
+    lock = tmp_path / "desk.db-writer.lock"
+    assert (lock.stat().st_uid, lock.stat().st_gid) == (65534, 65534)
