@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from maild import config
 from maild.cli import main
@@ -24,7 +25,7 @@ from maild.directory import import_records, read_file
 from maild.enums import Outcome
 from maild.ingest.pipeline import IngestResult, run_ingest
 from maild.ingest.raw import RawMail
-from maild.models import Case, HeldMessage, OutboxItem
+from maild.models import Case, HeldMessage, Organisation, OutboxItem
 from maild.outbound.outbox import message_bytes
 
 MT = ZoneInfo("America/Denver")
@@ -170,3 +171,13 @@ class BlockingIngest:
         self.entered.set()
         self.release.wait(20)
         return IngestResult("<a@x>", Outcome.NEW_CASE, self.case, "")
+
+
+def acme_case(session: Session, subject: str, at: datetime) -> Case:
+    """A case of a German organisation (Europe/Berlin), opened at ``at``, flushed so it has a number."""
+    org = Organisation(name="Acme GmbH", locale="de", timezone="Europe/Berlin")
+    case = Case(subject=subject, requester="anna@acme.example", requester_name="Anna", organisation=org,
+                created_at=at, updated_at=at)  # fmt: skip
+    session.add(case)
+    session.flush()
+    return case

@@ -13,13 +13,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from helpers import acme_case
 from servers import CaptureRelay
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import maild.db
 from maild.config import DeskSettings, RelaySettings, SecuritySettings, Settings
-from maild.models import Case, CaseMessage, Organisation, OutboxItem, Staff
+from maild.models import Case, CaseMessage, OutboxItem, Staff
 from maild.outbound import queue_mail
 from maild.outbound.compose import compose, serialize
 from maild.outbound.outbox import Recipient, base_context, message_bytes
@@ -75,12 +76,7 @@ def factory(store_url: str) -> Iterator[sessionmaker[Session]]:
 
 
 def make_case(s: Session, subject: str) -> Case:
-    org = Organisation(name="Acme GmbH", locale="de", timezone="Europe/Berlin")
-    case = Case(subject=subject, requester="anna@acme.example", requester_name="Anna", organisation=org,
-                created_at=OPENED, updated_at=OPENED)  # fmt: skip
-    s.add(case)
-    s.flush()
-    return case
+    return acme_case(s, subject, OPENED)
 
 
 def queue(s: Session, mail: Mail, case: Case | None, settings: Settings = SETTINGS) -> list[OutboxItem]:

@@ -9,12 +9,13 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
+from helpers import acme_case
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 import maild.db
 from maild.config import SecuritySettings, Settings
-from maild.models import BouncingAddress, Case, CaseEvent, CaseMessage, Organisation, OutboxItem, ThreadId
+from maild.models import BouncingAddress, Case, CaseEvent, CaseMessage, OutboxItem, ThreadId
 from maild.outbound import queue_mail
 from maild.outbound.outbox import claim_due, mark_bounced, message_bytes, outbox_json
 
@@ -31,13 +32,8 @@ def factory(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
-def make_case(session: Session, subject: str = "Phones down") -> Case:
-    org = Organisation(name="Acme GmbH", locale="de", timezone="Europe/Berlin")
-    case = Case(subject=subject, requester="anna@acme.example", requester_name="Anna", organisation=org,
-                created_at=NOW, updated_at=NOW)  # fmt: skip
-    session.add(case)
-    session.flush()
-    return case
+def make_case(s: Session, subject: str = "Phones down") -> Case:
+    return acme_case(s, subject, NOW)
 
 
 def test_case_ack_is_one_row_with_thread_records(factory: sessionmaker[Session]) -> None:
