@@ -164,10 +164,14 @@ async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threa
                  ingest_fn: IngestFn | None) -> int:
     loop = asyncio.get_running_loop()
     signals = _install_signals(loop, stop)
-    pool = _intake_pool(settings) if ingest_fn is None else None
+    try:
+        pool = _intake_pool(settings) if ingest_fn is None else None
+    except Exception as exc:  # a worker could not start (imports, the store): say so, exit 1
+        log.error("intake worker processes could not start: %s: %s", type(exc).__name__, exc)
+        return 1
     try:
         server = await start_server(factory, settings, ingest_fn=ingest_fn, pool=pool)
-    except OSError as exc:
+    except Exception as exc:  # port taken, unreadable TLS certificate ...
         log.error("cannot listen on %s: %s", settings.smtp.listen, exc)
         if pool is not None:
             pool.close()

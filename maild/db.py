@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,13 +30,17 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str, *, busy_timeout_ms: int = 10_000) -> Engine:
+DEFAULT_BUSY_TIMEOUT_MS = 10_000
+
+
+def make_engine(url: str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Engine:
     """An engine for ``url`` with maild's durability settings applied to every connection."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
+        _BUSY_TIMEOUT[engine] = busy_timeout_ms
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -75,16 +80,24 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 # workers, the CLI, a second daemon) on flock(2) of a file beside the database, which the kernel hands
 # on as soon as it is released. BEGIN IMMEDIATE still guards against writers that take neither.
 class _WriterLock:
-    """Re-entrant within a thread (a nested transaction is safe); the flock is held at depth 1 only."""
+    """Re-entrant within a thread (a nested transaction is safe); the flock is held at depth 1 only.
 
-    def __init__(self, lock_path: str | None) -> None:
+    Waiting is bounded by the engine's busy timeout, as SQLite's own wait was: past it, TimeoutError
+    (an SMTP 451, an IMAP message left unflagged for the next poll, a one-line CLI error), never an
+    endless wait behind a stuck writer (a CLI paused in a pager, a hung process).
+    """
+
+    def __init__(self, lock_path: str | None, timeout: float) -> None:
         self._rlock = threading.RLock()
         self._depth = 0  # changed only by the thread holding _rlock
         self._path = lock_path
         self._fd: int | None = None
+        self._timeout = timeout
 
     def __enter__(self) -> None:
-        self._rlock.acquire()
+        deadline = time.monotonic() + self._timeout
+        if not self._rlock.acquire(timeout=self._timeout):
+            raise TimeoutError(f"database is locked: another writer held it for more than {self._timeout:g} s")
         self._depth += 1
         if self._depth == 1 and self._path is not None:
             try:
@@ -93,7 +106,7 @@ class _WriterLock:
                 if self._fd is None:  # cannot be opened: SQLite's own busy wait still keeps writers apart
                     self._path = None
                     return
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                _flock_until(self._fd, deadline, self._timeout)
             except BaseException:
                 self._depth -= 1
                 self._rlock.release()
@@ -106,6 +119,19 @@ class _WriterLock:
         finally:
             self._depth -= 1
             self._rlock.release()
+
+
+def _flock_until(fd: int, deadline: float, timeout: float) -> None:
+    pause = 0.0005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"database is locked: another process held it for more than {timeout:g} s") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.004)  # short polls: the next writer starts within a few ms
 
 
 def _open_lock_file(path: str) -> int | None:
@@ -126,6 +152,7 @@ def _open_lock_file(path: str) -> int | None:
 
 
 _SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, _WriterLock] = weakref.WeakKeyDictionary()
+_BUSY_TIMEOUT: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
 _NEW_LOCK = threading.Lock()
 _NO_LOCK = contextlib.nullcontext()
 
@@ -146,7 +173,8 @@ def _writer_lock(factory: sessionmaker[Session]) -> contextlib.AbstractContextMa
         with _NEW_LOCK:
             lock = _SQLITE_WRITERS.get(bind)
             if lock is None:
-                lock = _SQLITE_WRITERS[bind] = _WriterLock(_lock_path(bind))
+                timeout = _BUSY_TIMEOUT.get(bind, DEFAULT_BUSY_TIMEOUT_MS) / 1000
+                lock = _SQLITE_WRITERS[bind] = _WriterLock(_lock_path(bind), timeout)
     return lock
 
 

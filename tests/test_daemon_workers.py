@@ -102,7 +102,7 @@ def test_a_killed_worker_costs_a_retry_and_nothing_else(pooled: tuple[Desk, Mail
 
 
 def _write_turns(url: str, name: str, turns: int, started: multiprocessing.synchronize.Event) -> None:
-    engine = make_engine(url, busy_timeout_ms=1)  # SQLite's own wait is all but off: only maild's lock queues
+    engine = make_engine(url, busy_timeout_ms=2000)
     factory = make_sessionmaker(engine)
     started.wait(10)
     for n in range(turns):
@@ -113,7 +113,7 @@ def _write_turns(url: str, name: str, turns: int, started: multiprocessing.synch
 
 
 def test_writers_in_several_processes_take_turns_instead_of_failing(tmp_path: Path) -> None:
-    # Three processes write at once with SQLite's busy wait cut to 1 ms: none gets "database is locked".
+    # Three processes write at once, each holding the write lock a while: every write lands, none fails.
     url = f"sqlite:///{tmp_path}/turns.db"
     engine = make_engine(url)
     with engine.begin() as conn:
@@ -173,3 +173,52 @@ def test_root_makes_the_lock_file_for_the_database_owner(tmp_path: Path) -> None
         session.execute(text("SELECT 1"))
     lock = tmp_path / "desk.db-writer.lock"
     assert (lock.stat().st_uid, lock.stat().st_gid) == (65534, 65534)
+
+
+def _hold_the_store(url: str, holding: multiprocessing.synchronize.Event, seconds: float) -> None:
+    factory = make_sessionmaker(make_engine(url))
+    with transaction(factory) as session:
+        session.execute(text("INSERT INTO turns VALUES ('holder', 0)"))
+        holding.set()
+        time.sleep(seconds)
+
+
+def test_a_writer_stuck_past_the_busy_timeout_gets_an_error_not_a_hang(tmp_path: Path) -> None:
+    # Another process holds the store (a CLI paused in a pager): a writer fails after its busy timeout
+    # (an SMTP 451) instead of waiting for ever, and writes again once the holder is done.
+    url = f"sqlite:///{tmp_path}/turns.db"
+    engine = make_engine(url, busy_timeout_ms=300)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE turns (who TEXT, n INTEGER)"))
+    context = multiprocessing.get_context("spawn")
+    holding = context.Event()
+    holder = context.Process(target=_hold_the_store, args=(url, holding, 3.0))
+    holder.start()
+    assert holding.wait(30)
+    factory = make_sessionmaker(engine)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="database is locked"), transaction(factory) as session:
+        session.execute(text("INSERT INTO turns VALUES ('late', 1)"))
+    assert time.monotonic() - started < 2.0
+    holder.join(30)
+    with transaction(factory) as session:
+        session.execute(text("INSERT INTO turns VALUES ('late', 2)"))
+        assert session.execute(text("SELECT count(*) FROM turns")).scalar_one() == 2
+    engine.dispose()
+
+
+def test_ctrl_c_reaching_the_workers_does_not_break_intake(pooled: tuple[Desk, MaildProcess]) -> None:
+    # Ctrl-C in a terminal signals the whole process group: the workers ignore it, the daemon drains.
+    desk, proc = pooled
+    proc.start()
+    assert proc.proc is not None
+    for pid in children(proc.proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+            os.kill(pid, signal.SIGTERM)
+    time.sleep(0.5)
+    ledger = Ledger()
+    assert smtp_send(proc.port, ledger, ledger.mail(1)) == 250
+    assert "intake worker died" not in proc.log.read_text()
+    assert proc.stop() == 0
+    assert check_no_loss(desk.settings.database_url, ledger)["accepted"] == 1

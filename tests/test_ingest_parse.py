@@ -122,3 +122,14 @@ def test_empty_or_headerless_bytes_are_parse_errors() -> None:
     for data in (b"", b" \r\n\t\x0b\x0c\r\n", b"\r\n\r\njust a body\r\n"):
         with pytest.raises(ParseError):
             parse(RawMail(data))
+
+
+def test_a_folded_attachment_content_type_arrives_as_one_clean_line() -> None:
+    # A part header folded across lines: the attachment's type keeps no CR/LF (it may be re-sent by staff).
+    data = (b"From: a@b.example\r\nTo: support@example.com\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nhi\r\n'
+            b"--b1\r\nContent-Type: application/x\r\n evil\r\nContent-Disposition: attachment; filename=a.bin\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--b1--\r\n")
+    (att,) = parse(RawMail(data)).attachments
+    assert "\r" not in att.content_type and "\n" not in att.content_type
+    assert att.content_type.startswith("application/x") and att.data == b"hello"

@@ -47,10 +47,15 @@ class Batcher:
         return await future
 
     def _start(self) -> None:
+        while self._queue and self._queue[0][1].done():  # the session went away while it waited
+            self._queue.popleft()
         while len(self._running) < self._slots and self._queue:
             batch = [self._queue.popleft()]
             size = len(batch[0][0].data)
             while self._queue and len(batch) < self._max_items:
+                if self._queue[0][1].done():
+                    self._queue.popleft()
+                    continue
                 size += len(self._queue[0][0].data)
                 if size > self._max_bytes:
                     break
@@ -67,8 +72,11 @@ class Batcher:
         outcomes: Sequence[IngestResult | Exception] = [RuntimeError("intake stopped")] * len(batch)
         try:
             outcomes = await self._run([raw for raw, _ in batch])
-        except Exception as exc:  # the commit (or the worker) failed: every message of the batch is 451
-            outcomes = [exc] * len(batch)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the commit or the worker failed (even KeyboardInterrupt from a
+            # worker): every message of the batch is 451, and the event loop goes on serving
+            outcomes = [exc if isinstance(exc, Exception) else RuntimeError(repr(exc))] * len(batch)
         finally:  # also when cancelled: no session may wait for ever
             self._settle(batch, outcomes)
         if len(batch) > 1:

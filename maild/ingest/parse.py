@@ -129,7 +129,9 @@ def _bodies(msg: Message) -> tuple[str, str | None, tuple[Attachment, ...], tupl
         attachments.append(
             Attachment(
                 filename=safe_filename(str(name)),
-                content_type=str(att.get("mail_content_type") or "application/octet-stream"),
+                # One clean token: a folded part header must not carry CR/LF into a staff reply's MIME.
+                content_type=" ".join(clean_header_text(str(att.get("mail_content_type") or "")).split())
+                or "application/octet-stream",
                 data=data,
             )
         )

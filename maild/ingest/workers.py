@@ -22,6 +22,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -51,6 +52,10 @@ def _start_worker(settings: Settings, level: int, daemon_pid: int) -> None:
     from maild.logs import setup_logging
 
     setup_logging(level)
+    # Ctrl-C or a signal to the whole process group must not kill a worker mid-batch: the daemon
+    # drains and then stops its workers itself (close(), or the parent watch below).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_follow_daemon, args=(daemon_pid,), name="maild-worker-watch", daemon=True).start()
     engine = make_engine(settings.database_url)  # the daemon has migrated the store already
     _STATE = (engine, make_sessionmaker(engine), settings)

@@ -88,19 +88,20 @@ def send_due(
     """
     relay = relay or Relay(settings)
     actions: list[dict[str, Any]] = []
+    # Every claim of this call is stamped from ``now``: measure from the start, not from each batch.
     half_lease = lease_for(settings).total_seconds() / 2
+    started = time.monotonic()
     try:
-        while len(actions) < limit:
+        while len(actions) < limit and time.monotonic() - started <= half_lease:
             with transaction(factory) as session:
                 rows = claim_due(session, now, min(CLAIM_BATCH, limit - len(actions)), lease_for(settings))
                 drafts = [_Snapshot.of(row) for row in rows]
             if not drafts:
                 break
-            claimed_at = time.monotonic()
             for item in _compose_and_store(factory, settings, drafts, now):
                 if isinstance(item, dict):  # could not be composed: the row failed, staff were told
                     actions.append(item)
-                elif time.monotonic() - claimed_at > half_lease:
+                elif time.monotonic() - started > half_lease:
                     # A slow relay: leave the rest of the batch to a later run, long before another
                     # sender could take the rows when their claims run out (no double send).
                     return actions
