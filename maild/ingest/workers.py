@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -42,10 +42,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARENT_CHECK_SECONDS = 1.0
+WARM_UP_SECONDS = 60.0
 _STATE: tuple[Engine, sessionmaker[Session], Settings] | None = None
 
 
-def _start_worker(settings: Settings, level: int, daemon_pid: int) -> None:
+def _start_worker(settings: Settings, level: int, daemon_pid: int, started: Any) -> None:
     """Initializer of each worker process: logging like the daemon's, and an engine of its own."""
     global _STATE
     from maild.db import make_engine, make_sessionmaker
@@ -59,6 +60,7 @@ def _start_worker(settings: Settings, level: int, daemon_pid: int) -> None:
     threading.Thread(target=_follow_daemon, args=(daemon_pid,), name="maild-worker-watch", daemon=True).start()
     engine = make_engine(settings.database_url)  # the daemon has migrated the store already
     _STATE = (engine, make_sessionmaker(engine), settings)
+    started.release()  # warm_up counts the workers that are ready (signals ignored, store open)
 
 
 def _follow_daemon(daemon_pid: int) -> None:
@@ -99,14 +101,20 @@ class IntakePool:
     def _new_executor(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
         level = logging.getLogger().getEffectiveLevel()
+        self._started = context.Semaphore(0)
         return ProcessPoolExecutor(max_workers=self.processes, mp_context=context, initializer=_start_worker,
-                                   initargs=(self.settings, level, os.getpid()))
+                                   initargs=(self.settings, level, os.getpid(), self._started))
 
-    def warm_up(self) -> None:
-        """Start every worker now, so the first messages do not wait for imports."""
+    def warm_up(self, timeout: float = WARM_UP_SECONDS) -> None:
+        """Start every worker now and wait until each is ready, so the first messages do not wait for
+        imports (and a signal to the process group cannot catch a worker half started)."""
         executor = self._executor
-        for future in [executor.submit(_noop) for _ in range(self.processes)]:
-            future.result()
+        futures = [executor.submit(_noop) for _ in range(self.processes)]  # each spawns a worker
+        for _ in range(self.processes):
+            if not self._started.acquire(timeout=timeout):
+                raise RuntimeError(f"intake workers not ready within {timeout:g} s")
+        for future in futures:
+            future.result(timeout)
 
     async def ingest_batch(self, raws: Sequence[RawMail]) -> list[IngestResult | Exception]:
         from maild.outbound.sender import wake
