@@ -11,6 +11,7 @@ failure is carried into the transaction and handled there exactly as if it happe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -80,14 +81,14 @@ def run_ingest_batch(
     parsed = [preparse(raw, settings) for raw in raws]  # CPU only, before the write lock
     results: list[IngestResult | Exception] = []
     with transaction(factory) as session:
+        alone = len(raws) == 1  # no savepoint needed: a failure rolls back the transaction and raises
         for raw, ahead in zip(raws, parsed, strict=True):
-            if len(raws) == 1:  # no savepoint needed: a failure rolls back the transaction and raises
-                results.append(ingest(session, raw, now=now or clock.now(), settings=settings, parsed=ahead))
-                break
             try:
-                with session.begin_nested():
+                with contextlib.nullcontext() if alone else session.begin_nested():
                     results.append(ingest(session, raw, now=now or clock.now(), settings=settings, parsed=ahead))
             except Exception as exc:
+                if alone:
+                    raise
                 log.exception("message %s could not be stored; it will be answered 451", raw.sha256[:12])
                 results.append(exc)
         fault_point("before_commit")
@@ -162,7 +163,8 @@ def store_raw(session: Session, raw: RawMail, now: datetime,
 
 def process(session: Session, raw: RawMail, stored: RawMessage, *, now: datetime,
             settings: Settings, parsed: Parsed = None) -> IngestResult:
-    over = limits.check(raw.data, limits.limits_for(settings))  # before the parser sees it (rule 7)
+    # Before the parser sees it (rule 7); a message parsed ahead has passed this check already.
+    over = limits.check(raw.data, limits.limits_for(settings)) if parsed is None else None
     if over is not None:
         return hold(session, stored, None, HoldReason.UNPROCESSABLE, over, None, now, settings, reply=False)
     try:
@@ -173,8 +175,7 @@ def process(session: Session, raw: RawMail, stored: RawMessage, *, now: datetime
         return hold(session, stored, None, HoldReason.UNPROCESSABLE, str(exc), None, now, settings, reply=False)
     screened = headers.screen_headers(inbound, settings.security)  # before any policy reads a header (S7)
     inbound, unverified = screened.inbound, screened.unverified
-    if stored.message_id != inbound.message_id[:998]:  # already set when parsed ahead (no extra UPDATE)
-        stored.message_id = inbound.message_id[:998]
+    stored.message_id = inbound.message_id[:998]  # unchanged (no UPDATE) when parsed ahead
     earlier = _earlier_copy(session, inbound, stored)
     if earlier is not None:
         return earlier
