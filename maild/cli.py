@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_now(p)
     p = cmd(sub, "send", c.cmd_send, "deliver what is due in the outbox once")
     _add_now(p)
+    p = cmd(sub, "queue", c.cmd_queue, "SMTP mail accepted and not yet processed, as JSON")
+    p.add_argument("--process", action="store_true", help="process it all now, then report")
 
     d = cmd(sub, "directory", c.cmd_help, "organisations, contacts and staff")
     dsub = d.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")

@@ -118,6 +118,21 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    from maild.ingest import queue
+
+    settings = settings_of(args)
+    factory = store(settings)
+    processed = 0
+    if args.process:  # what the daemon's queue runner does, here and now (the daemon may be stopped)
+        while taken := queue.process_pending(factory, settings):
+            processed += taken
+    with transaction(factory) as session:
+        report = queue.status(session)
+    emit({**report, "processed": processed} if args.process else report)
+    return 0
+
+
 # -- directory ---------------------------------------------------------------------------------------
 
 

@@ -48,6 +48,9 @@ class SmtpSettings:
     shutdown_grace: int = 20
     # Intake worker processes (maild.ingest.workers); 0 runs intake in threads of the daemon itself.
     processes: int = 0
+    # true: answer 250 once the raw message is committed and process it right after, oldest first
+    # (maild.ingest.queue); false: process it before answering (the 250 names the case).
+    queue: bool = True
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from maild import clock
 from maild.config import Settings
 from maild.db import open_store
+from maild.ingest.queue import make_runner
 from maild.ingest.smtp import IngestFn
 from maild.ingest.smtp_server import start_server
 from maild.ingest.workers import IntakePool
@@ -169,13 +170,16 @@ async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threa
     except Exception as exc:  # a worker could not start (imports, the store): say so, exit 1
         log.error("intake worker processes could not start: %s: %s", type(exc).__name__, exc)
         return 1
+    queue = make_runner(factory, settings, pool) if settings.smtp.queue and ingest_fn is None else None
     try:
-        server = await start_server(factory, settings, ingest_fn=ingest_fn, pool=pool)
+        server = await start_server(factory, settings, ingest_fn=ingest_fn, pool=pool, queue=queue)
     except Exception as exc:  # port taken, unreadable TLS certificate ...
         log.error("cannot listen on %s: %s", settings.smtp.listen, exc)
         if pool is not None:
             pool.close()
         return 1
+    if queue is not None:
+        queue.start()  # also takes what a previous run left queued
     workers = start_workers(factory, settings, stop)
     notify(f"READY=1\nSTATUS=accepting mail on {settings.smtp.listen}")
     interval = watchdog_interval()
@@ -186,6 +190,8 @@ async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threa
         log.info("stopping: draining SMTP sessions for up to %ss", settings.smtp.shutdown_grace)
         notify("STOPPING=1\nSTATUS=draining")
         await server.shutdown(settings.smtp.shutdown_grace)
+        if queue is not None:
+            await queue.stop(settings.smtp.shutdown_grace)  # what is still queued then waits for the next start
         if pool is not None:
             await asyncio.to_thread(pool.close)
         for thread in workers:

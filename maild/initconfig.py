@@ -27,7 +27,8 @@ max_message_size = 26214400      # 25 MB; larger mail gets 552 5.3.4
 max_recipients = 100
 tls_cert = ""                    # PEM files; when set, STARTTLS is offered
 tls_key = ""
-processes = 0                    # intake worker processes for bursts (about one per CPU core); 0: in the daemon
+queue = true                     # 250 once the message is stored, case work right after; false: before the 250
+processes = 0                    # worker processes for intake work; 0: in the daemon (see docs/PERFORMANCE.md)
 
 [relay]
 host = "localhost"

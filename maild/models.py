@@ -161,6 +161,11 @@ class RawMessage(Base):
     """A message exactly as received, with its envelope: kept whatever happens to it."""
 
     __tablename__ = "raw_messages"
+    __table_args__ = (
+        # the SMTP queue: messages accepted but not yet processed (outcome NULL), oldest first
+        Index("ix_raw_messages_pending", "id", sqlite_where=text("outcome IS NULL"),
+              postgresql_where=text("outcome IS NULL")),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     envelope_key: Mapped[str] = mapped_column(String(64), unique=True)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
@@ -179,6 +184,8 @@ class RawMessage(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    # processing runs begun on a queued message; one that keeps stopping the process is quarantined
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class CaseMessage(Base):

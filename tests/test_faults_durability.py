@@ -114,14 +114,24 @@ def test_sigkill_while_data_streams_leaves_no_partial_row(daemon: tuple[Desk, Ma
 
 
 def test_random_sigkill_under_load_loses_no_accepted_message(daemon: tuple[Desk, MaildProcess]) -> None:
-    # SIGKILL from outside at a random moment while 4 clients send 60 mails; after a restart the clients
-    # re-send everything that got no 250; every 250-nonce is stored exactly once, byte-identical.
+    # SIGKILL from outside at a random moment while 4 clients send 60 mails (after 10-30 of them were
+    # answered, so the kill lands mid-load however fast the machine is, with mail still queued for
+    # processing); after a restart the clients re-send everything that got no 250; every 250-nonce is
+    # stored exactly once, byte-identical, and processed.
     desk, proc = daemon
     ledger = Ledger()
     entries = [ledger.mail(i, sender="Anna Admin <anna@acme.example>") for i in range(60)]
     rng = random.Random(7)
     proc.start()
-    killer = threading.Timer(rng.uniform(0.3, 1.2), proc.kill)
+    kill_after = rng.randint(10, 30)
+
+    def kill_mid_load() -> None:
+        deadline = time.monotonic() + 30
+        while len(ledger.accepted()) < kill_after and time.monotonic() < deadline:
+            time.sleep(0.001)
+        proc.kill()
+
+    killer = threading.Thread(target=kill_mid_load)
     killer.start()
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda e: smtp_send(proc.port, ledger, e, mail_from="anna@acme.example", timeout=10),

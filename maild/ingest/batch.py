@@ -14,34 +14,32 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Generic, TypeVar
 
 from maild.ingest.raw import RawMail
 
-if TYPE_CHECKING:
-    from maild.ingest.pipeline import IngestResult
-
 log = logging.getLogger(__name__)
 
-BatchFn = Callable[[Sequence[RawMail]], Awaitable[Sequence["IngestResult | Exception"]]]
+T = TypeVar("T")  # what a batch answers for each message: an IngestResult, or a Queued row
 MAX_ITEMS = 32
 MAX_BYTES = 8 * 1024 * 1024  # a big message is committed on its own, not with 31 others waiting on it
 
 
-class Batcher:
+class Batcher(Generic[T]):
     """Queues messages from many SMTP sessions and runs them through ``run`` in batches."""
 
-    def __init__(self, run: BatchFn, *, slots: int, max_items: int = MAX_ITEMS, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(self, run: Callable[[Sequence[RawMail]], Awaitable[Sequence[T | Exception]]], *, slots: int,
+                 max_items: int = MAX_ITEMS, max_bytes: int = MAX_BYTES) -> None:
         self._run = run
         self._slots = max(1, slots)
         self._max_items = max_items
         self._max_bytes = max_bytes
-        self._queue: deque[tuple[RawMail, asyncio.Future[IngestResult]]] = deque()
+        self._queue: deque[tuple[RawMail, asyncio.Future[T]]] = deque()
         self._running: set[asyncio.Task[None]] = set()
 
-    async def ingest(self, raw: RawMail) -> IngestResult:
+    async def ingest(self, raw: RawMail) -> T:
         """The message's result once its batch is committed; raises what storing it raised."""
-        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append((raw, future))
         self._start()
         return await future
@@ -68,8 +66,8 @@ class Batcher:
         self._running.discard(task)
         self._start()
 
-    async def _commit(self, batch: list[tuple[RawMail, asyncio.Future[IngestResult]]]) -> None:
-        outcomes: Sequence[IngestResult | Exception] = [RuntimeError("intake stopped")] * len(batch)
+    async def _commit(self, batch: list[tuple[RawMail, asyncio.Future[T]]]) -> None:
+        outcomes: Sequence[T | Exception] = [RuntimeError("intake stopped")] * len(batch)
         try:
             outcomes = await self._run([raw for raw, _ in batch])
         except asyncio.CancelledError:
@@ -83,8 +81,8 @@ class Batcher:
             log.debug("group commit of %d messages", len(batch))
 
     @staticmethod
-    def _settle(batch: list[tuple[RawMail, asyncio.Future[IngestResult]]],
-                outcomes: Sequence[IngestResult | Exception]) -> None:
+    def _settle(batch: list[tuple[RawMail, asyncio.Future[T]]],
+                outcomes: Sequence[T | Exception]) -> None:
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if future.done():  # the session went away meanwhile (client gone, shutdown)
                 continue

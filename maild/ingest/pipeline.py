@@ -120,6 +120,21 @@ def ingest(session: Session, raw: RawMail, *, now: datetime, settings: Settings,
     stored, duplicate = store_raw(session, raw, now, message_id=hint)
     if duplicate is not None:
         return duplicate
+    return settle(session, raw, stored, now=now, settings=settings, parsed=parsed)
+
+
+def settle(session: Session, raw: RawMail, stored: RawMessage, *, now: datetime, settings: Settings,
+           parsed: Parsed = None, give_up: str | None = None) -> IngestResult:
+    """Process a stored message and record its outcome on its row; a failure quarantines it (D5).
+
+    ``give_up`` quarantines it without processing: the queue's answer to a message whose processing
+    has stopped the process before (``maild.ingest.queue``).
+    """
+    if give_up is not None:
+        stored.message_id = stored.message_id or _message_id_hint(raw)
+        result = hold(session, stored, None, HoldReason.UNPROCESSABLE, give_up, None, now, settings, reply=False)
+        stored.outcome, stored.reason, stored.case_id = result.outcome.value, result.reason, result.case
+        return result
     try:
         with session.begin_nested():
             result = process(session, raw, stored, now=now, settings=settings, parsed=parsed)

@@ -2,10 +2,12 @@
 """The SMTP intake listener: mail handed over by the organisation's MTA (SPEC §2, STYLE §2).
 
 ``IntakeHandler`` decides every reply: RCPT accepts only intake and reply addresses, MAIL checks
-SIZE, DATA bounds the message cheaply and then hands it to ``run_ingest`` in a worker thread (or an
-intake worker process, ``maild.ingest.workers``), answering ``250`` only after that returned, i.e.
-after the commit (RELIABILITY rule 1). The server around it (sessions, connection cap, STARTTLS,
-shutdown drain) is ``smtp_server``.
+SIZE, DATA bounds the message cheaply and then commits it in a worker thread, answering ``250`` only
+after the commit (RELIABILITY rule 1). With a queue (``[smtp] queue = true``, the default) the commit
+holds the raw bytes and envelope and the case work runs right after (``maild.ingest.queue``); without
+one it holds the whole decision (``run_ingest``, in a thread or an intake worker process,
+``maild.ingest.workers``) and the reply names the case. The server around it (sessions, connection
+cap, STARTTLS, shutdown drain) is ``smtp_server``.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from maild import clock
 from maild.config import Settings
 from maild.faults import fault_point
 from maild.ingest.batch import Batcher
+from maild.ingest.queue import intake_stamp
 from maild.ingest.raw import RawMail
 from maild.logs import MESSAGE_LINE
 
 if TYPE_CHECKING:
     from maild.ingest.pipeline import IngestResult
+    from maild.ingest.queue import Queued, QueueRunner
     from maild.ingest.workers import IntakePool
 
 log = logging.getLogger(__name__)
@@ -110,15 +114,19 @@ class IntakeHandler:
     def __init__(self, factory: sessionmaker[DbSession], settings: Settings,
                  ingest_fn: IngestFn | None = None,
                  disk_free: Callable[[], int | None] | None = None,
-                 pool: IntakePool | None = None) -> None:
+                 pool: IntakePool | None = None, queue: QueueRunner | None = None) -> None:
         self.factory = factory
         self.pool = pool
+        self.queue = queue
         self.settings = settings
         # A replacement ingest_fn (tests) runs per message in a thread; maild's own pipeline runs in
-        # batches (group commit), in worker processes when there is a pool.
+        # batches (group commit): queued in threads of the daemon, or processed before the reply,
+        # in worker processes when there is a pool.
         self.ingest_fn: IngestFn | None = ingest_fn
-        slots = pool.processes if pool is not None else THREAD_SLOTS
-        self._batcher = Batcher(self._run_batch, slots=slots)
+        slots = pool.processes if pool is not None and queue is None else THREAD_SLOTS
+        self._batcher: Batcher[IngestResult] = Batcher(self._run_batch, slots=slots)
+        self._queuer: Batcher[Queued] = Batcher(self._enqueue_batch, slots=THREAD_SLOTS)
+        self._stamp = intake_stamp(settings)
         self._intake = frozenset(settings.intake_kinds)
         self._reply_address = _reply_address_pattern(self._intake)
         self._disk_free = disk_free or self._data_dir_free
@@ -183,6 +191,8 @@ class IntakeHandler:
                       helo=session.host_name, tls=session.ssl is not None,
                       received_at=clock.now())
         started = time.monotonic()
+        if self.queue is not None and self.ingest_fn is None:
+            return await self._enqueue(raw, message_id, started)
         try:
             result = await self._ingest(raw)
         except Exception:
@@ -196,6 +206,29 @@ class IntakeHandler:
                   duration_ms, "smtp", raw.peer)
         ref = f"case-{result.case}" if result.case is not None else str(result.outcome)
         return REPLY_QUEUED.format(ref=ref)
+
+    async def _enqueue(self, raw: RawMail, message_id: str, started: float) -> str:
+        try:
+            queued = await self._queuer.ingest(raw)
+        except Exception:
+            log.exception("queueing %s from %s failed; answered 451", message_id, raw.peer)
+            return REPLY_LOCAL_ERROR
+        fault_point("after_commit_before_reply")
+        log.debug("message %s queued as raw-%d%s in %d ms (smtp, peer=%s)", message_id, queued.raw_id,
+                  " (a copy already queued)" if queued.duplicate else "",
+                  (time.monotonic() - started) * 1000, raw.peer)
+        return REPLY_QUEUED.format(ref=f"raw-{queued.raw_id}")
+
+    async def _enqueue_batch(self, raws: Sequence[RawMail]) -> Sequence[Queued | Exception]:
+        from maild.ingest.queue import enqueue_batch
+
+        self._stamp.touch()  # the queue's processing holds back while intake commits (IntakeStamp)
+        try:
+            return await asyncio.to_thread(enqueue_batch, self.factory, raws)
+        finally:
+            self._stamp.touch()
+            if self.queue is not None:
+                self.queue.wake()
 
     async def _ingest(self, raw: RawMail) -> IngestResult:
         # The pipeline runs off the event loop, so the loop keeps serving other sessions.

@@ -37,6 +37,7 @@ from maild.ingest.smtp import (
 )
 
 if TYPE_CHECKING:
+    from maild.ingest.queue import QueueRunner
     from maild.ingest.workers import IntakePool
 
 log = logging.getLogger(__name__)
@@ -145,10 +146,11 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 async def start_server(factory: sessionmaker[DbSession], settings: Settings, *,
                        ingest_fn: IngestFn | None = None, listen: str | None = None,
-                       max_connections: int = MAX_CONNECTIONS, pool: IntakePool | None = None) -> IntakeServer:
+                       max_connections: int = MAX_CONNECTIONS, pool: IntakePool | None = None,
+                       queue: QueueRunner | None = None) -> IntakeServer:
     """Bind the listener on the running loop (``listen`` defaults to ``[smtp] listen``)."""
     host, port = split_listen(listen or settings.smtp.listen)
-    handler = IntakeHandler(factory, settings, ingest_fn=ingest_fn, pool=pool)
+    handler = IntakeHandler(factory, settings, ingest_fn=ingest_fn, pool=pool, queue=queue)
     tls = make_tls_context(settings)
     loop = asyncio.get_running_loop()
     # aiosmtpd would resolve the FQDN for every session; once is enough.
@@ -172,8 +174,9 @@ class ThreadedIntake:
     """The listener on its own event loop in a thread (tests, embedding in synchronous code)."""
 
     def __init__(self, factory: sessionmaker[DbSession], settings: Settings, *,
-                 ingest_fn: IngestFn | None = None, listen: str | None = None) -> None:
+                 ingest_fn: IngestFn | None = None, listen: str | None = None, queue: bool = False) -> None:
         self._args = (factory, settings, ingest_fn, listen)
+        self._queue = queue
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name="smtp-intake", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -193,10 +196,18 @@ class ThreadedIntake:
         factory, settings, ingest_fn, listen = self._args
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self.server = await start_server(factory, settings, ingest_fn=ingest_fn, listen=listen)
+        runner = None
+        if self._queue:
+            from maild.ingest.queue import make_runner
+
+            runner = make_runner(factory, settings)
+            runner.start()
+        self.server = await start_server(factory, settings, ingest_fn=ingest_fn, listen=listen, queue=runner)
         self._ready.set()
         await self._stop.wait()
         await self.server.shutdown(self._grace)
+        if runner is not None:
+            await runner.stop(self._grace)
 
     def start(self) -> ThreadedIntake:
         self._thread.start()
@@ -218,6 +229,8 @@ class ThreadedIntake:
 
 
 def make_controller(factory: sessionmaker[DbSession], settings: Settings, *,
-                    ingest_fn: IngestFn | None = None, listen: str | None = None) -> ThreadedIntake:
-    """A not-yet-started threaded listener; ``listen="127.0.0.1:0"`` picks a free port."""
-    return ThreadedIntake(factory, settings, ingest_fn=ingest_fn, listen=listen)
+                    ingest_fn: IngestFn | None = None, listen: str | None = None,
+                    queue: bool = False) -> ThreadedIntake:
+    """A not-yet-started threaded listener; ``listen="127.0.0.1:0"`` picks a free port. With ``queue``,
+    it answers from the SMTP queue and processes it as ``maild run`` does (``maild.ingest.queue``)."""
+    return ThreadedIntake(factory, settings, ingest_fn=ingest_fn, listen=listen, queue=queue)

@@ -25,10 +25,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from maild.ingest.pipeline import IngestResult
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PARENT_CHECK_SECONDS = 1.0
 WARM_UP_SECONDS = 60.0
@@ -84,6 +85,19 @@ def _ingest_batch(raws: Sequence[RawMail]) -> list[IngestResult | Exception]:
     return [_portable(r) if isinstance(r, Exception) else r for r in results]
 
 
+def _process_pending() -> int:
+    """The queue's next messages in the worker (``maild.ingest.queue``); how many were taken."""
+    from maild.ingest.queue import intake_stamp, process_pending
+
+    if _STATE is None:
+        raise RuntimeError("intake worker not initialised")
+    _engine, factory, settings = _STATE
+    try:
+        return process_pending(factory, settings, stamp=intake_stamp(settings))
+    except Exception as exc:
+        raise _portable(exc) from None
+
+
 def _portable(exc: Exception) -> Exception:
     # Driver exceptions do not always survive pickling back to the listener; their text does.
     return RuntimeError(f"{type(exc).__name__}: {exc}"[:2000])
@@ -117,17 +131,25 @@ class IntakePool:
             future.result(timeout)
 
     async def ingest_batch(self, raws: Sequence[RawMail]) -> list[IngestResult | Exception]:
+        return await self._submit(_ingest_batch, list(raws))
+
+    async def process_pending(self) -> int:
+        """The queue's next messages, processed in a worker (a queue runs one such call at a time)."""
+        return await self._submit(_process_pending)
+
+    async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
         from maild.outbound.sender import wake
 
         executor = self._executor
         try:
-            results = await asyncio.get_running_loop().run_in_executor(executor, _ingest_batch, list(raws))
+            result = await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
             wake()  # the worker may have queued acknowledgements; the sender runs in this process
-            return results
+            return result
         except BrokenProcessPool:
             with self._lock:
                 if self._executor is executor:
-                    log.error("an intake worker died; starting a new pool (its messages were answered 451)")
+                    log.error("an intake worker died; starting a new pool (the messages it held were "
+                              "answered 451, or stay queued)")
                     self._executor = self._new_executor()
             raise
 

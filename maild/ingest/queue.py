@@ -1,0 +1,354 @@
+# SPDX-License-Identifier: MIT
+"""Accept first, process after: the SMTP listener's queue.
+
+RELIABILITY rule 1 asks that a message's raw bytes and envelope be durable before ``250``; D5 says
+the ``250`` is right from then on, whatever processing does. So under ``[smtp] queue = true`` (the
+default) the listener commits only that (``enqueue_batch``: one row per message, a group commit for
+all the sessions waiting) and answers; the case work runs right after, oldest message first, one
+transaction per message (``process_pending``), as an MTA's queue runs behind its ``250``. A burst then
+costs the sending MTA one insert and one fsync per batch, not the case work of every message in it.
+
+A queued message is a ``raw_messages`` row whose ``outcome`` is NULL (a partial index finds them).
+Processing sets the outcome in the same transaction as the case change, so a crash before the commit
+leaves the row queued and the next run takes it again: nothing is lost or done twice. ``attempts``
+counts runs begun; a message that has stopped the process ``MAX_ATTEMPTS`` times (the OOM killer, a
+crash in a C library) is quarantined unparsed instead of stopping the queue for ever.
+
+``QueueRunner`` drives it from the event loop: the listener wakes it after each commit, it also looks
+every ``POLL_SECONDS`` (a row left by a previous run, another process), and the work runs in a thread
+or, with ``[smtp] processes``, in an intake worker process. On PostgreSQL several daemons may share the
+queue: each message's transaction takes one advisory lock, so they process one at a time and each
+message once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.orm import Session, defer, sessionmaker
+from sqlalchemy.sql import ColumnElement
+
+from maild import clock
+from maild.config import Settings
+from maild.db import transaction
+from maild.faults import fault_point
+from maild.ingest.raw import RawMail
+from maild.models import RawMessage
+
+if TYPE_CHECKING:
+    from maild.ingest.workers import IntakePool
+
+log = logging.getLogger(__name__)
+
+CLAIM = 16  # messages claimed per run; each is still processed and committed on its own
+CLAIM_BYTES = 8 * 1024 * 1024  # and no more mail than this in memory at once (at least one message)
+MAX_ATTEMPTS = 3
+QUIET_SECONDS = 0.03  # processing waits for a pause of this long in the listener's commits ...
+YIELD_MAX_SECONDS = 0.5  # ... but never longer than this before each message
+POLL_SECONDS = 2.0
+BACKOFF_MAX = 30.0
+_ADVISORY_KEY = 0x6D61696C64  # "maild": PostgreSQL processors take turns on it
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A message committed to the queue: its row, and whether that row was already there."""
+
+    raw_id: int
+    duplicate: bool
+
+
+def enqueue_batch(factory: sessionmaker[Session], raws: Sequence[RawMail]) -> list[Queued | Exception]:
+    """Commit each message's bytes and envelope, all in one transaction; returns after the commit.
+
+    The same copy arriving again (same bytes, same envelope) is counted on the first row, not stored
+    twice (RELIABILITY rule 2). The batch is written with one lookup and one multi-row insert; if that
+    fails, each message is tried on its own, so one that cannot be stored gets its exception and
+    leaves the others alone. A failed commit raises for all.
+    """
+    with transaction(factory) as session:
+        try:
+            with session.begin_nested():
+                results: list[Queued | Exception] = list(_insert_all(session, raws))
+        except Exception:
+            if len(raws) == 1:
+                raise
+            log.warning("a batch of %d messages could not be queued at once; trying each", len(raws), exc_info=True)
+            results = [_insert_one(session, raw) for raw in raws]
+        fault_point("before_commit")
+    return results
+
+
+def _insert_one(session: Session, raw: RawMail) -> Queued | Exception:
+    try:
+        with session.begin_nested():
+            return _insert_all(session, [raw])[0]
+    except Exception as exc:
+        log.exception("message %s could not be queued; it will be answered 451", raw.sha256[:12])
+        return exc
+
+
+def _insert_all(session: Session, raws: Sequence[RawMail]) -> list[Queued]:
+    keys = {raw.envelope_key for raw in raws}
+    sources = {raw.source_key for raw in raws if raw.source_key}
+    where: ColumnElement[bool] = RawMessage.envelope_key.in_(keys)
+    if sources:
+        where = where | RawMessage.source_key.in_(sources)
+    stored: dict[str, int] = {}  # envelope or source key -> the row already holding that copy
+    for row in session.execute(select(RawMessage.id, RawMessage.envelope_key, RawMessage.source_key).where(where)):
+        stored[row.envelope_key] = row.id
+        if row.source_key:
+            stored[row.source_key] = row.id
+    fresh: list[RawMail] = []
+    in_batch: dict[str, int] = {}  # the same, for copies earlier in this batch: key -> index in fresh
+    plan: list[tuple[bool, int]] = []  # (already stored, row id or index in fresh)
+    for raw in raws:
+        these = [raw.envelope_key] + ([raw.source_key] if raw.source_key else [])
+        row_id = next((stored[k] for k in these if k in stored), None)
+        if row_id is not None:
+            plan.append((True, row_id))
+            continue
+        index = next((in_batch[k] for k in these if k in in_batch), None)
+        if index is None:
+            index = len(fresh)
+            fresh.append(raw)
+            in_batch.update(dict.fromkeys(these, index))
+            plan.append((False, index))
+        else:
+            plan.append((True, -1 - index))  # a second copy in this very batch
+    ids: list[int] = []
+    if fresh:
+        now = clock.now()
+        ids = list(session.scalars(
+            insert(RawMessage).returning(RawMessage.id, sort_by_parameter_order=True),
+            [{"envelope_key": raw.envelope_key, "sha256": raw.sha256, "source": raw.source,
+              "source_key": raw.source_key, "mail_from": raw.mail_from, "rcpt_tos": list(raw.rcpt_tos),
+              "peer": raw.peer, "helo": raw.helo, "tls": raw.tls, "received_at": raw.received_at or now,
+              "size": len(raw.data), "data": raw.data, "reason": "", "duplicates": 0, "attempts": 0}
+             for raw in fresh]))
+    results = []
+    for duplicate, ref in plan:
+        row_id = ids[ref] if not duplicate else ids[-1 - ref] if ref < 0 else ref
+        if duplicate:
+            session.execute(update(RawMessage).where(RawMessage.id == row_id)
+                            .values(duplicates=RawMessage.duplicates + 1))
+        results.append(Queued(row_id, duplicate))
+    return results
+
+
+class IntakeStamp:
+    """When the listener last committed mail, shared by every process on this machine (a file's mtime).
+
+    The queue's processing waits for the listener to have been quiet for ``QUIET_SECONDS`` before it
+    takes SQLite's one write lock (``wait_quiet``), so a burst's messages are committed and answered
+    first and the case work catches up behind it. It never waits more than ``YIELD_MAX_SECONDS`` per
+    message, so processing goes on, slowly, under a load that never pauses.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._broken = False
+
+    def touch(self) -> None:
+        if self._broken:
+            return
+        try:
+            os.utime(self.path)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                self.path.touch()
+        except OSError as exc:  # a read-only directory: processing simply does not wait
+            self._broken = True
+            log.warning("cannot stamp %s (%s); queued mail will be processed without yielding to intake",
+                        self.path, exc)
+
+    def wait_quiet(self, quiet: float = QUIET_SECONDS, limit: float = YIELD_MAX_SECONDS) -> float:
+        """Sleep until the listener has been quiet for ``quiet`` seconds, at most ``limit``; the time waited."""
+        started = time.monotonic()
+        while True:
+            try:
+                age = time.time() - self.path.stat().st_mtime
+            except OSError:
+                return 0.0
+            waited = time.monotonic() - started
+            if age >= quiet or waited >= limit:
+                return waited
+            time.sleep(min(quiet - age, limit - waited, 0.01))
+
+
+def intake_stamp(settings: Settings) -> IntakeStamp:
+    return IntakeStamp(Path(settings.data_dir) / "intake.stamp")
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    raw: RawMail
+    raw_id: int
+    attempts: int
+
+
+def status(session: Session) -> dict[str, object]:
+    """What ``maild queue`` prints: how much accepted mail waits, since when, and how much was retried."""
+    waiting = RawMessage.outcome.is_(None)
+    row = session.execute(select(func.count(RawMessage.id), func.min(RawMessage.received_at)).where(waiting)).one()
+    retried = session.scalar(select(func.count(RawMessage.id)).where(waiting, RawMessage.attempts > 0)) or 0
+    oldest = _aware(row[1]).isoformat() if row[1] is not None else None
+    return {"queued": row[0], "oldest_received_at": oldest, "begun_before": retried}
+
+
+def process_pending(factory: sessionmaker[Session], settings: Settings, *, limit: int = CLAIM,
+                    stamp: IntakeStamp | None = None) -> int:
+    """Process up to ``limit`` of the oldest queued messages, each in its own transaction; returns how
+    many were taken (0: the queue is empty). With ``stamp``, each waits for a pause in intake first."""
+    if stamp is not None:
+        stamp.wait_quiet()
+    claimed = _claim(factory, limit)
+    for item in claimed:
+        _process_one(factory, settings, item, stamp)
+    if claimed:
+        from maild.outbound.sender import wake
+
+        wake()  # acknowledgements may be waiting in the outbox
+    return len(claimed)
+
+
+def _claim(factory: sessionmaker[Session], limit: int) -> list[_Claimed]:
+    """The oldest queued messages, with ``attempts`` raised and committed before any work starts.
+
+    A message that was begun before and never finished may be the one that stops the process: it is
+    claimed alone, so the messages behind it are not charged for its attempts.
+    """
+    with transaction(factory) as session:
+        rows = session.execute(
+            select(RawMessage.id, RawMessage.attempts, RawMessage.size).where(RawMessage.outcome.is_(None))
+            .order_by(RawMessage.id).limit(limit)).all()
+        chosen: list[int] = []
+        total = 0
+        for row in rows:
+            if chosen and (row.attempts > 0 or total + row.size > CLAIM_BYTES):
+                break
+            chosen.append(row.id)
+            total += row.size
+            if row.attempts > 0:
+                break
+        if not chosen:
+            return []
+        session.execute(update(RawMessage).where(RawMessage.id.in_(chosen))
+                        .values(attempts=RawMessage.attempts + 1))
+        stored = session.scalars(select(RawMessage).where(RawMessage.id.in_(chosen)).order_by(RawMessage.id)).all()
+        return [_Claimed(_raw_mail(row), row.id, row.attempts) for row in stored]
+
+
+def _raw_mail(row: RawMessage) -> RawMail:
+    return RawMail(data=row.data, source=row.source, mail_from=row.mail_from, rcpt_tos=tuple(row.rcpt_tos),
+                   peer=row.peer, helo=row.helo, tls=row.tls, source_key=row.source_key,
+                   received_at=_aware(row.received_at))
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _process_one(factory: sessionmaker[Session], settings: Settings, item: _Claimed,
+                 stamp: IntakeStamp | None) -> None:
+    from maild.ingest.pipeline import preparse, settle
+
+    give_up = None
+    if item.attempts > MAX_ATTEMPTS:
+        give_up = (f"processing was begun {item.attempts - 1} times and never finished (the process stopped); "
+                   "quarantined unparsed so the queue goes on")
+    parsed = None if give_up else preparse(item.raw, settings)  # CPU only, before the write lock
+    if stamp is not None:
+        stamp.wait_quiet()
+    started = time.monotonic()
+    with transaction(factory) as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_KEY})
+        stored = session.scalars(select(RawMessage).options(defer(RawMessage.data))
+                                 .where(RawMessage.id == item.raw_id, RawMessage.outcome.is_(None))).first()
+        if stored is None:
+            return  # another processor finished it meanwhile
+        # The decision is taken as of the message's arrival: a reply that arrived on the last day of
+        # the reopen window reopens its case even if it waited in the queue past midnight.
+        now = item.raw.received_at or clock.now()
+        result = settle(session, item.raw, stored, now=now, settings=settings, parsed=parsed, give_up=give_up)
+    log.info("message %s: %s case=%s (%s) in %.0f ms", result.message_id, result.outcome.value, result.case,
+             result.reason, (time.monotonic() - started) * 1000)
+
+
+ProcessFn = Callable[[], Awaitable[int]]
+
+
+class QueueRunner:
+    """Runs ``process_pending`` whenever the listener has queued mail, until the queue is empty."""
+
+    def __init__(self, run: ProcessFn, *, poll_seconds: float = POLL_SECONDS) -> None:
+        self._run = run
+        self._poll = poll_seconds
+        self._wake = asyncio.Event()
+        self._deadline: float | None = None  # set by stop()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start on the running loop (at once: it also takes what an earlier run left queued)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="maild-queue")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Go on processing for up to ``grace`` seconds while mail is queued (the listener has stopped
+        taking more), then stop after the current run: a message is never cut off mid-transaction,
+        and what is still queued waits for the next start."""
+        self._deadline = time.monotonic() + grace
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    @property
+    def _stopping(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    async def _loop(self) -> None:
+        pause = 0.0
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                taken = await self._run()
+                pause = 0.0
+            except Exception:  # the store is down, a worker died ...: back off, new mail does not hurry it
+                pause = min(BACKOFF_MAX, max(1.0, pause * 2))
+                log.exception("processing queued mail failed; trying again in %.0f s", pause)
+                until = time.monotonic() + pause
+                while not self._stopping and time.monotonic() < until:
+                    await asyncio.sleep(min(0.25, until - time.monotonic()))
+                continue
+            if taken:
+                continue  # there may be more
+            if self._deadline is not None:
+                return  # stopping, and nothing is left
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+
+
+def make_runner(factory: sessionmaker[Session], settings: Settings, pool: IntakePool | None = None) -> QueueRunner:
+    """The runner for ``[smtp] queue``: its work in an intake worker process, or in a thread of the daemon."""
+    if pool is not None:
+        return QueueRunner(pool.process_pending)
+    stamp = intake_stamp(settings)
+
+    async def in_thread() -> int:
+        return await asyncio.to_thread(process_pending, factory, settings, stamp=stamp)
+
+    return QueueRunner(in_thread)

@@ -1,0 +1,224 @@
+# SPDX-License-Identifier: MIT
+"""The SMTP queue (``[smtp] queue = true``): 250 once the raw message and envelope are committed, the
+case work right after, oldest first, exactly once, and nothing stuck behind a message that kills the
+process. Real stores (SQLite and PostgreSQL), real sockets, a real relay."""
+
+from __future__ import annotations
+
+import smtplib
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import Desk, build_mail, mt
+from servers import CaptureRelay
+from sqlalchemy import select, update
+
+from maild.db import transaction
+from maild.ingest import queue
+from maild.ingest.queue import IntakeStamp, Queued, enqueue_batch, process_pending
+from maild.ingest.raw import RawMail
+from maild.ingest.smtp_server import make_controller
+from maild.models import RawMessage
+
+
+def smtp_raw(data: bytes, at_minute: int = 5) -> RawMail:
+    return RawMail(data=data, source="smtp", mail_from="peter@initech.example", rcpt_tos=("support@example.com",),
+                   peer="127.0.0.1", received_at=mt(2026, 11, 20, 10, at_minute))
+
+
+def rows(desk: Desk) -> list[tuple[int, str | None, int | None, int]]:
+    with transaction(desk.factory) as s:
+        return [(r.id, r.outcome, r.case_id, r.attempts)
+                for r in s.scalars(select(RawMessage).order_by(RawMessage.id))]
+
+
+def test_queued_mail_waits_unprocessed_then_is_processed_oldest_first(desk: Desk) -> None:
+    # A new conversation and the customer's follow-up are queued together: nothing is decided at
+    # queueing; processing takes the original first, so the follow-up lands on the case it opened.
+    original = smtp_raw(build_mail(subject="VPN down", message_id="<q1@initech.example>"))
+    follow_up = smtp_raw(build_mail(subject="Re: VPN down", message_id="<q2@initech.example>",
+                                    in_reply_to="<q1@initech.example>", references="<q1@initech.example>"), 6)
+    queued = enqueue_batch(desk.factory, [original, follow_up])
+    assert [q.duplicate for q in queued if isinstance(q, Queued)] == [False, False]
+    assert [(outcome, case) for _, outcome, case, _ in rows(desk)] == [(None, None), (None, None)]
+    assert desk.cli_json("queue")["queued"] == 2
+    assert desk.cases() == []
+
+    assert process_pending(desk.factory, desk.settings) == 2
+    assert [(outcome, case) for _, outcome, case, _ in rows(desk)] == [("new-case", 1), ("threaded", 1)]
+    assert len(desk.cases()) == 1
+    assert [i.template for i in desk.outbox()] == ["ack_new_case"]
+    assert desk.cli_json("queue") == {"queued": 0, "oldest_received_at": None, "begun_before": 0}
+    assert process_pending(desk.factory, desk.settings) == 0
+
+
+def test_the_same_copy_queued_twice_is_one_message(desk: Desk) -> None:
+    # An MTA re-sends after a lost 250 (RELIABILITY D2): the second copy is counted on the first row.
+    raw = smtp_raw(build_mail())
+    first, second = enqueue_batch(desk.factory, [raw]), enqueue_batch(desk.factory, [raw])
+    assert isinstance(first[0], Queued) and isinstance(second[0], Queued)
+    assert (second[0].raw_id, second[0].duplicate) == (first[0].raw_id, True)
+    process_pending(desk.factory, desk.settings)
+    assert len(desk.cases()) == 1 and len(rows(desk)) == 1
+
+
+def test_a_message_that_keeps_stopping_the_process_is_quarantined_and_the_queue_goes_on(desk: Desk) -> None:
+    # Three processing runs were begun on the first message and none finished (a crash each time):
+    # it is held as unprocessable without being parsed again; the messages behind it become cases.
+    enqueue_batch(desk.factory, [smtp_raw(build_mail(subject=f"Issue {n}", message_id=f"<k{n}@initech.example>"),
+                                          n) for n in range(3)])
+    with transaction(desk.factory) as s:
+        first = s.scalars(select(RawMessage.id).order_by(RawMessage.id)).first()
+        s.execute(update(RawMessage).where(RawMessage.id == first).values(attempts=queue.MAX_ATTEMPTS))
+    # A message begun before is claimed alone, so those behind it are not charged for its attempts.
+    assert process_pending(desk.factory, desk.settings) == 1
+    assert process_pending(desk.factory, desk.settings) == 2
+    (held,) = desk.held()
+    assert held.reason == "unprocessable" and "never finished" in held.detail
+    assert [(outcome, attempts) for _, outcome, _, attempts in rows(desk)] == [
+        ("held", queue.MAX_ATTEMPTS + 1), ("new-case", 1), ("new-case", 1)]
+    assert [c["subject"] for c in desk.cases()] == ["Issue 1", "Issue 2"]
+
+
+def test_a_queued_reply_is_decided_as_of_its_arrival(desk: Desk) -> None:
+    # Closed on the 2nd at 10:00; a reply that arrived on the 9th at 09:59 but is processed later
+    # (the daemon was down overnight) still reopens the case: the 7 days count to its arrival.
+    desk.ingest(build_mail(), now=mt(2026, 11, 2, 9, 0))
+    desk.cli_json("cases", "set", "1", "--status", "closed", "--now", "2026-11-02T10:00")
+    reply = RawMail(data=build_mail(subject="Re: [Case #1] Printer on fire", message_id="<late@initech.example>",
+                                    in_reply_to="<m1@initech.example>"),
+                    source="smtp", rcpt_tos=("support@example.com",), received_at=mt(2026, 11, 9, 9, 59))
+    enqueue_batch(desk.factory, [reply])
+    process_pending(desk.factory, desk.settings)
+    assert desk.case(1)["status"] == "customer-reopened"
+    assert len(desk.cases()) == 1
+
+
+def test_maild_queue_reports_and_processes_what_waits(desk: Desk) -> None:
+    # The operator's view: how much waits and since when; --process drains it with the daemon stopped.
+    enqueue_batch(desk.factory, [smtp_raw(build_mail(subject=f"Q {n}", message_id=f"<c{n}@initech.example>"), n)
+                                 for n in (1, 2)])
+    report = desk.cli_json("queue")
+    assert (report["queued"], report["begun_before"]) == (2, 0)
+    assert report["oldest_received_at"].startswith("2026-11-20T17:01")  # 10:01 in America/Denver, as UTC
+    assert desk.cli_json("queue", "--process") == {"queued": 0, "oldest_received_at": None, "begun_before": 0,
+                                                   "processed": 2}
+    assert len(desk.cases()) == 2
+
+
+def send(port: int, n: int) -> tuple[int, bytes]:
+    data = build_mail(subject=f"Outage {n}", message_id=f"<burst-{n}@initech.example>")
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo("mta.initech.example")
+        client.mail("peter@initech.example")
+        client.rcpt("support@example.com")
+        return client.data(data)
+
+
+def test_a_burst_over_smtp_is_answered_from_the_queue_and_every_message_is_acknowledged(
+        make_desk: Callable[..., Desk]) -> None:
+    # Twenty sessions over four connections: each 250 names the stored row, every message becomes a
+    # case, and the acknowledgements (up to the per-sender cap) reach the relay.
+    relay = CaptureRelay()
+    relay.start()
+    try:
+        desk = make_desk(relay=relay)
+        intake = make_controller(desk.factory, desk.settings, listen="127.0.0.1:0", queue=True).start()
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                replies = list(pool.map(lambda n: send(intake.port, n), range(20)))
+            assert all(code == 250 and reply.startswith(b"2.0.0 Ok: queued as raw-") for code, reply in replies)
+            assert len({reply for _, reply in replies}) == 20
+            deadline = time.monotonic() + 30
+            while desk.cli_json("queue")["queued"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            intake.stop(grace=10)
+        assert sorted(c["subject"] for c in desk.cases()) == sorted(f"Outage {n}" for n in range(20))
+        assert desk.cli("send")[0] == 0
+        acks = [m for m in relay.wait_for(6, timeout=30) if m.rcpt_tos == ("peter@initech.example",)]
+        cap = desk.settings.intake.ack_per_sender_per_hour  # the rest are suppressed, and staff alerted
+        assert len(acks) == cap and all(str(m.message["Subject"]).startswith("[Case #") for m in acks)
+    finally:
+        relay.stop()
+
+
+def test_stopping_finishes_the_queue_within_the_grace_period(sqlite_desk: Desk) -> None:
+    # Mail queued when the listener stops is processed before it exits (within the grace period).
+    intake = make_controller(sqlite_desk.factory, sqlite_desk.settings, listen="127.0.0.1:0", queue=True).start()
+    enqueue_batch(sqlite_desk.factory, [smtp_raw(build_mail(subject="Left over", message_id="<lo@i.example>"))])
+    intake.stop(grace=10)
+    assert sqlite_desk.cli_json("queue")["queued"] == 0
+    assert [c["subject"] for c in sqlite_desk.cases()] == ["Left over"]
+
+
+def test_the_store_refusing_the_queue_insert_is_a_451_and_the_retry_lands_once(sqlite_desk: Desk,
+                                                                              tmp_path: Path) -> None:
+    # D4 with the queue: the write lock is held past the busy timeout -> 451 (never 5yz); the retry
+    # after it is released is stored and processed once.
+    import sqlite3
+
+    from maild.db import make_engine, make_sessionmaker
+
+    engine = make_engine(sqlite_desk.settings.database_url, busy_timeout_ms=500)
+    intake = make_controller(make_sessionmaker(engine), sqlite_desk.settings, listen="127.0.0.1:0",
+                             queue=True).start()
+    locker = sqlite3.connect(tmp_path / "maild.db", isolation_level=None)
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        assert send(intake.port, 1)[0] == 451
+        locker.execute("COMMIT")
+        assert send(intake.port, 1)[0] == 250
+    finally:
+        locker.close()
+        intake.stop(grace=10)
+        engine.dispose()
+    assert [(outcome, case) for _, outcome, case, _ in rows(sqlite_desk)] == [("new-case", 1)]
+
+
+def test_processing_waits_for_a_pause_in_intake_but_never_for_long(tmp_path: Path) -> None:
+    # While the listener commits (the stamp is fresh) processing holds back, up to its limit.
+    stamp = IntakeStamp(tmp_path / "intake.stamp")
+    assert stamp.wait_quiet(quiet=0.2, limit=1.0) == 0.0  # never stamped: no wait
+    stamp.touch()
+    assert 0.1 <= stamp.wait_quiet(quiet=0.2, limit=1.0) < 0.9
+    stamp.touch()
+    assert stamp.wait_quiet(quiet=5.0, limit=0.1) < 1.0
+
+
+def test_copies_within_one_batch_and_across_batches_are_one_row(desk: Desk) -> None:
+    # Two copies of a message in one group commit, and a third later: one row, counted twice more.
+    a = smtp_raw(build_mail(subject="A", message_id="<a@i.example>"))
+    b = smtp_raw(build_mail(subject="B", message_id="<b@i.example>"))
+    first = enqueue_batch(desk.factory, [a, b, a])
+    again = enqueue_batch(desk.factory, [a])
+    assert all(isinstance(q, Queued) for q in first + again)
+    ids = [(q.raw_id, q.duplicate) for q in first + again if isinstance(q, Queued)]
+    assert ids[0][1] is False and ids[1][1] is False and ids[0][0] != ids[1][0]
+    assert ids[2] == (ids[0][0], True) and ids[3] == (ids[0][0], True)
+    with transaction(desk.factory) as s:
+        assert [(r.id, r.duplicates) for r in s.scalars(select(RawMessage).order_by(RawMessage.id))] == [
+            (ids[0][0], 2), (ids[1][0], 0)]
+
+
+def test_one_message_that_cannot_be_queued_leaves_the_rest_of_its_batch(
+        desk: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The store refuses one message of a group commit: that one gets its error (a 451), the others
+    # are committed and processed.
+    raws = [smtp_raw(build_mail(subject=f"Batch {n}", message_id=f"<bq{n}@i.example>"), n) for n in range(3)]
+    real = queue._insert_all
+
+    def refusing(session: Any, batch: Any) -> Any:
+        if raws[1] in batch:
+            raise RuntimeError("disk says no")
+        return real(session, batch)
+
+    monkeypatch.setattr(queue, "_insert_all", refusing)
+    results = enqueue_batch(desk.factory, raws)
+    assert [type(r).__name__ for r in results] == ["Queued", "RuntimeError", "Queued"]
+    process_pending(desk.factory, desk.settings)
+    assert sorted(c["subject"] for c in desk.cases()) == ["Batch 0", "Batch 2"]
