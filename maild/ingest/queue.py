@@ -32,9 +32,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import Table, func, insert, select, text, update
 from sqlalchemy.orm import Session, defer, sessionmaker
 from sqlalchemy.sql import ColumnElement
 
@@ -105,7 +105,8 @@ def _insert_all(session: Session, raws: Sequence[RawMail]) -> list[Queued]:
     if sources:
         where = where | RawMessage.source_key.in_(sources)
     stored: dict[str, int] = {}  # envelope or source key -> the row already holding that copy
-    for row in session.execute(select(RawMessage.id, RawMessage.envelope_key, RawMessage.source_key).where(where)):
+    lookup = select(RawMessage.id, RawMessage.envelope_key, RawMessage.source_key).where(where)
+    for row in session.connection().execute(lookup):
         stored[row.envelope_key] = row.id
         if row.source_key:
             stored[row.source_key] = row.id
@@ -129,8 +130,9 @@ def _insert_all(session: Session, raws: Sequence[RawMail]) -> list[Queued]:
     ids: list[int] = []
     if fresh:
         now = clock.now()
-        ids = list(session.scalars(
-            insert(RawMessage).returning(RawMessage.id, sort_by_parameter_order=True),
+        table = cast(Table, RawMessage.__table__)  # Core, not the ORM's bulk path: runs for every SMTP message
+        ids = list(session.connection().scalars(
+            insert(table).returning(table.c.id, sort_by_parameter_order=True),
             [{"envelope_key": raw.envelope_key, "sha256": raw.sha256, "source": raw.source,
               "source_key": raw.source_key, "mail_from": raw.mail_from, "rcpt_tos": list(raw.rcpt_tos),
               "peer": raw.peer, "helo": raw.helo, "tls": raw.tls, "received_at": raw.received_at or now,
@@ -140,8 +142,8 @@ def _insert_all(session: Session, raws: Sequence[RawMail]) -> list[Queued]:
     for duplicate, ref in plan:
         row_id = ids[ref] if not duplicate else ids[-1 - ref] if ref < 0 else ref
         if duplicate:
-            session.execute(update(RawMessage).where(RawMessage.id == row_id)
-                            .values(duplicates=RawMessage.duplicates + 1))
+            session.connection().execute(update(RawMessage).where(RawMessage.id == row_id)
+                                         .values(duplicates=RawMessage.duplicates + 1))
         results.append(Queued(row_id, duplicate))
     return results
 
@@ -211,7 +213,7 @@ def process_pending(factory: sessionmaker[Session], settings: Settings, *, limit
     """Process up to ``limit`` of the oldest queued messages, each in its own transaction; returns how
     many were taken (0: the queue is empty). With ``stamp``, each waits for a pause in intake first."""
     if stamp is not None:
-        stamp.wait_quiet()
+        stamp.wait_quiet()  # the claim takes the write lock too
     claimed = _claim(factory, limit)
     for item in claimed:
         _process_one(factory, settings, item, stamp)
@@ -267,9 +269,9 @@ def _process_one(factory: sessionmaker[Session], settings: Settings, item: _Clai
     if item.attempts > MAX_ATTEMPTS:
         give_up = (f"processing was begun {item.attempts - 1} times and never finished (the process stopped); "
                    "quarantined unparsed so the queue goes on")
-    parsed = None if give_up else preparse(item.raw, settings)  # CPU only, before the write lock
-    if stamp is not None:
+    if stamp is not None:  # parsing too waits: on a busy machine it would take CPU from the listener
         stamp.wait_quiet()
+    parsed = None if give_up else preparse(item.raw, settings)  # CPU only, before the write lock
     started = time.monotonic()
     with transaction(factory) as session:
         if session.get_bind().dialect.name == "postgresql":

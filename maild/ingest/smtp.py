@@ -60,6 +60,10 @@ MAX_HEADER_BYTES = 1024 * 1024  # RELIABILITY R3: a header flood is refused befo
 MAX_CONNECTIONS = 200  # RELIABILITY R7: a connection cap; the MTA queues and retries on 421
 # Batches in flight without worker processes: one commits while the next is parsed and waits.
 THREAD_SLOTS = 2
+# Queue inserts in flight: one. A queue insert has nothing to do outside SQLite's one write lock, so a
+# second batch would only wait for it; instead everything that arrives meanwhile joins the next batch
+# (at 8 connections: 645-675 -> 690-850 msgs/s).
+QUEUE_SLOTS = 1
 DISK_HEADROOM = 1.5  # RELIABILITY D4: 452 4.3.1 at MAIL when free space < 1.5 x max size
 
 _RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
@@ -125,7 +129,7 @@ class IntakeHandler:
         self.ingest_fn: IngestFn | None = ingest_fn
         slots = pool.processes if pool is not None and queue is None else THREAD_SLOTS
         self._batcher: Batcher[IngestResult] = Batcher(self._run_batch, slots=slots)
-        self._queuer: Batcher[Queued] = Batcher(self._enqueue_batch, slots=THREAD_SLOTS)
+        self._queuer: Batcher[Queued] = Batcher(self._enqueue_batch, slots=QUEUE_SLOTS)
         self._stamp = intake_stamp(settings)
         self._intake = frozenset(settings.intake_kinds)
         self._reply_address = _reply_address_pattern(self._intake)
