@@ -54,11 +54,12 @@ def print_table(result: dict[str, Any]) -> None:
     m = result["machine"]
     print(f"maild benchmark ({result['mode']}) {result['date']}: {m['nproc']} CPUs {m['cpu']}, "
           f"{m['memory_gib']} GiB, Python {m['python']}, {result['seconds']} s")
-    widths = [26, 6, 8, 8, 9, 9, 9, 9, 14]
-    print("\nDurable SMTP intake (msgs/s; DATA->250 ms; ack = 250 -> acknowledgement at the relay, s); "
+    widths = [26, 6, 8, 8, 9, 9, 9, 9, 9, 14]
+    print("\nDurable SMTP intake (msgs/s; DATA->250 ms; ack = 250 -> acknowledgement at the relay, s; "
+          "drain = last 250 -> last case work done, s); "
           f"maild [smtp] processes = {result['intake'].get('processes', 0)}")
-    print(_row(["server", "conns", "msgs", "rate", "p50 ms", "p99 ms", "ratio", "ack p50", "replies right"],
-               widths))
+    print(_row(["server", "conns", "msgs", "rate", "p50 ms", "p99 ms", "ratio", "ack p50", "drain",
+                "replies right"], widths))
     for conns, level in result["intake"]["levels"].items():
         for name in ("fsync_append", *BACKENDS):
             r = level.get(name)
@@ -67,6 +68,7 @@ def print_table(result: dict[str, Any]) -> None:
             t = r.get("threading")
             print(_row([name, conns, r["messages"], r["rate"], r["data_250_p50_ms"], r["data_250_p99_ms"],
                         r.get("ratio_to_fsync", "1"), r.get("ack_delay_p50_s", "-"),
+                        r.get("processed_after_last_250_s", "-"),
                         f"{t['right']}/{t['replies']}" if t else "-"], widths))
     t = result["threading"]
     print(f"\nThreading, all runs: {t['right']} right, {t['wrong']} wrong, {t['new_case']} new-case, "

@@ -183,3 +183,20 @@ def start_fsync_server(directory: Path, log: Path) -> Process:
     port = free_port()
     script = Path(__file__).with_name("fsync_server.py")
     return Process([sys.executable, str(script), str(port), str(directory / "spool.mbox")], log, port)
+
+
+def wait_processed(url: str, timeout: float = 300.0) -> float:
+    """Seconds until the store holds no queued message (``[smtp] queue``), polled every 50 ms."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < timeout:
+            with engine.connect() as conn:
+                if not conn.scalar(text("SELECT count(*) FROM raw_messages WHERE outcome IS NULL")):
+                    break
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
+    return round(time.monotonic() - started, 2)

@@ -14,7 +14,7 @@ from maild.config import Settings
 from maild.directory import org_by_domain
 from maild.enums import HoldReason
 from maild.ingest.parse import Inbound, ParseError, parse
-from maild.ingest.raw import RawMail
+from maild.ingest.raw import from_stored
 from maild.mail import send
 from maild.models import Case, HeldMessage, Organisation, RawMessage
 from maild.threading.subject import strip_prefixes
@@ -31,14 +31,9 @@ def held_json(h: HeldMessage) -> dict[str, Any]:
             "decided_at": h.decided_at.isoformat() if h.decided_at else None}
 
 
-def _raw_mail(row: RawMessage) -> RawMail:
-    return RawMail(data=row.data, source=row.source, mail_from=row.mail_from, rcpt_tos=tuple(row.rcpt_tos),
-                   peer=row.peer, helo=row.helo, tls=row.tls, received_at=row.received_at)
-
-
 def raw_inbound(row: RawMessage) -> Inbound:
     try:
-        return parse(_raw_mail(row))
+        return parse(from_stored(row))
     except ParseError as exc:
         raise HeldError(f"stored message {row.id} cannot be read: {exc}") from None
 
@@ -55,7 +50,7 @@ def accept_held(session: Any, settings: Settings, held: HeldMessage, *, actor: s
         approve(session, settings, held, approver=actor, now=now)
     else:
         try:
-            inbound = parse(_raw_mail(row))
+            inbound = parse(from_stored(row))
         except ParseError as exc:
             raise HeldError(f"held message {held.id} cannot be read: {exc}") from None
         sender = inbound.from_addr or held.sender
@@ -85,7 +80,7 @@ def _reprocess(session: Any, settings: Settings, held: HeldMessage, row: RawMess
     from maild.ingest.pipeline import process
 
     with session.begin_nested():
-        result = process(session, _raw_mail(row), row, now=now, settings=settings)
+        result = process(session, from_stored(row), row, now=now, settings=settings)
     if result.reason.startswith(HoldReason.UNPROCESSABLE.value):
         raise HeldError(f"held message {held.id} still cannot be processed: {result.reason}")
     row.outcome, row.reason, row.case_id = result.outcome.value, result.reason, result.case

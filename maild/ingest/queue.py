@@ -30,7 +30,6 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -42,7 +41,7 @@ from maild import clock
 from maild.config import Settings
 from maild.db import transaction
 from maild.faults import fault_point
-from maild.ingest.raw import RawMail
+from maild.ingest.raw import RawMail, from_stored
 from maild.models import RawMessage
 
 if TYPE_CHECKING:
@@ -204,7 +203,7 @@ def status(session: Session) -> dict[str, object]:
     waiting = RawMessage.outcome.is_(None)
     row = session.execute(select(func.count(RawMessage.id), func.min(RawMessage.received_at)).where(waiting)).one()
     retried = session.scalar(select(func.count(RawMessage.id)).where(waiting, RawMessage.attempts > 0)) or 0
-    oldest = _aware(row[1]).isoformat() if row[1] is not None else None
+    oldest = row[1].isoformat() if row[1] is not None else None
     return {"queued": row[0], "oldest_received_at": oldest, "begun_before": retried}
 
 
@@ -248,17 +247,7 @@ def _claim(factory: sessionmaker[Session], limit: int) -> list[_Claimed]:
         session.execute(update(RawMessage).where(RawMessage.id.in_(chosen))
                         .values(attempts=RawMessage.attempts + 1))
         stored = session.scalars(select(RawMessage).where(RawMessage.id.in_(chosen)).order_by(RawMessage.id)).all()
-        return [_Claimed(_raw_mail(row), row.id, row.attempts) for row in stored]
-
-
-def _raw_mail(row: RawMessage) -> RawMail:
-    return RawMail(data=row.data, source=row.source, mail_from=row.mail_from, rcpt_tos=tuple(row.rcpt_tos),
-                   peer=row.peer, helo=row.helo, tls=row.tls, source_key=row.source_key,
-                   received_at=_aware(row.received_at))
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        return [_Claimed(from_stored(row), row.id, row.attempts) for row in stored]
 
 
 def _process_one(factory: sessionmaker[Session], settings: Settings, item: _Claimed,

@@ -7,6 +7,10 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from maild.models import RawMessage
 
 
 @dataclass(frozen=True)
@@ -47,3 +51,10 @@ class RawMail:
         for rcpt in sorted(r.lower() for r in self.rcpt_tos):
             h.update(b"\0" + rcpt.encode("utf-8", "replace"))
         return content, h.hexdigest()
+
+
+def from_stored(row: RawMessage) -> RawMail:
+    """The message as it was received, read back from its ``raw_messages`` row."""
+    return RawMail(data=row.data, source=row.source, mail_from=row.mail_from, rcpt_tos=tuple(row.rcpt_tos),
+                   peer=row.peer, helo=row.helo, tls=row.tls, source_key=row.source_key,
+                   received_at=row.received_at)
