@@ -102,7 +102,7 @@ class _WriterLock:
         if self._depth == 1 and self._path is not None:
             try:
                 if self._fd is None:
-                    self._fd = _open_lock_file(self._path)
+                    self._fd = open_lock_file(self._path)
                 if self._fd is None:  # cannot be opened: SQLite's own busy wait still keeps writers apart
                     self._path = None
                     return
@@ -134,7 +134,7 @@ def _flock_until(fd: int, deadline: float, timeout: float) -> None:
             pause = min(pause * 2, 0.004)  # short polls: the next writer starts within a few ms
 
 
-def _open_lock_file(path: str) -> int | None:
+def open_lock_file(path: str) -> int | None:
     """The lock file, made with the database file's owner and group when root makes it (an operator's
     ``maild`` command as root must not lock the daemon's user out); None, logged, if it cannot be
     opened (a read-only directory, another user's file)."""

@@ -222,3 +222,16 @@ def test_one_message_that_cannot_be_queued_leaves_the_rest_of_its_batch(
     assert [type(r).__name__ for r in results] == ["Queued", "RuntimeError", "Queued"]
     process_pending(desk.factory, desk.settings)
     assert sorted(c["subject"] for c in desk.cases()) == ["Batch 0", "Batch 2"]
+
+
+def test_one_process_works_the_queue_at_a_time(desk: Desk) -> None:
+    # While another process works the queue (a second daemon, an operator's `maild queue --process`),
+    # this one takes nothing: no message is begun twice, and none is charged an attempt for it.
+    enqueue_batch(desk.factory, [smtp_raw(build_mail(subject="Turns", message_id="<t@i.example>"))])
+    with queue._one_processor(desk.factory) as ours:
+        assert ours
+        assert process_pending(desk.factory, desk.settings) == 0
+        assert desk.cli_json("queue", "--process")["processed"] == 0
+        assert [(outcome, attempts) for _, outcome, _, attempts in rows(desk)] == [(None, 0)]
+    assert process_pending(desk.factory, desk.settings) == 1
+    assert [(outcome, attempts) for _, outcome, _, attempts in rows(desk)] == [("new-case", 1)]

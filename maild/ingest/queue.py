@@ -16,8 +16,9 @@ crash in a C library) is quarantined unparsed instead of stopping the queue for 
 
 ``QueueRunner`` drives it from the event loop: the listener wakes it after each commit, it also looks
 every ``POLL_SECONDS`` (a row left by a previous run, another process), and the work runs in a thread
-or, with ``[smtp] processes``, in an intake worker process. On PostgreSQL several daemons may share the
-queue: each message's transaction takes one advisory lock, so they process one at a time and each
+or, with ``[smtp] processes``, in an intake worker process. One process works the queue at a time
+(a lock file beside SQLite's database, a PostgreSQL advisory lock), so several daemons sharing
+PostgreSQL, or ``maild queue --process`` beside a daemon, take turns, oldest message first, and each
 message once.
 """
 
@@ -25,21 +26,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import Table, func, insert, select, text, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, defer, sessionmaker
 from sqlalchemy.sql import ColumnElement
 
 from maild import clock
 from maild.config import Settings
-from maild.db import transaction
+from maild.db import open_lock_file, transaction
 from maild.faults import fault_point
 from maild.ingest.raw import RawMail, from_stored
 from maild.models import RawMessage
@@ -56,7 +59,7 @@ QUIET_SECONDS = 0.03  # processing waits for a pause of this long in the listene
 YIELD_MAX_SECONDS = 0.5  # ... but never longer than this before each message
 POLL_SECONDS = 2.0
 BACKOFF_MAX = 30.0
-_ADVISORY_KEY = 0x6D61696C64  # "maild": PostgreSQL processors take turns on it
+_ADVISORY_KEY = 0x6D61696C64  # "maild": the PostgreSQL lock of the one process working the queue
 
 
 @dataclass(frozen=True)
@@ -213,14 +216,62 @@ def process_pending(factory: sessionmaker[Session], settings: Settings, *, limit
     many were taken (0: the queue is empty). With ``stamp``, each waits for a pause in intake first."""
     if stamp is not None:
         stamp.wait_quiet()  # the claim takes the write lock too
-    claimed = _claim(factory, limit)
-    for item in claimed:
-        _process_one(factory, settings, item, stamp)
+    with _one_processor(factory) as ours:
+        if not ours:
+            return 0  # another process (a second daemon, `maild queue --process`) is at it
+        claimed = _claim(factory, limit)
+        for item in claimed:
+            _process_one(factory, settings, item, stamp)
     if claimed:
         from maild.outbound.sender import wake
 
         wake()  # acknowledgements may be waiting in the outbox
     return len(claimed)
+
+
+@contextlib.contextmanager
+def _one_processor(factory: sessionmaker[Session]) -> Iterator[bool]:
+    """True while this process is the one processing the queue; False (at once) if another is.
+
+    One processor at a time keeps the order (a reply after its original) and makes ``attempts`` mean
+    "runs begun and never finished", not "claimed by two processes at once". SQLite: ``flock`` of a
+    file beside the database; PostgreSQL: a session advisory lock, released by the server if the
+    holder's connection dies.
+    """
+    bind = factory.kw.get("bind")
+    if not isinstance(bind, Engine):
+        yield True
+        return
+    if bind.dialect.name == "postgresql":
+        with bind.connect() as conn:
+            ours = bool(conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": _ADVISORY_KEY}))
+            conn.commit()  # the lock belongs to the session; no transaction stays open meanwhile
+            if not ours:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_KEY})
+                conn.commit()
+        return
+    database = bind.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield True
+        return
+    fd = open_lock_file(f"{Path(database).resolve()}-queue.lock")
+    if fd is None:  # cannot be opened (logged): process anyway, as a lone daemon would
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # also releases the lock
 
 
 def _claim(factory: sessionmaker[Session], limit: int) -> list[_Claimed]:
@@ -263,8 +314,6 @@ def _process_one(factory: sessionmaker[Session], settings: Settings, item: _Clai
     parsed = None if give_up else preparse(item.raw, settings)  # CPU only, before the write lock
     started = time.monotonic()
     with transaction(factory) as session:
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_KEY})
         stored = session.scalars(select(RawMessage).options(defer(RawMessage.data))
                                  .where(RawMessage.id == item.raw_id, RawMessage.outcome.is_(None))).first()
         if stored is None:
