@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--smoke", action="store_true", help="seconds-long run for CI: 30 messages, no PostgreSQL")
     parser.add_argument("--json", metavar="PATH", help="also write the JSON object here")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (logs, stores)")
-    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, metavar="N",
-                        help="maild's [smtp] processes (intake worker processes); default: the CPU count")
+    parser.add_argument("--processes", type=int, default=0, metavar="N",
+                        help="maild's [smtp] processes (intake worker processes); default: 0, maild's own")
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
 

@@ -170,9 +170,11 @@ async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threa
     except Exception as exc:  # a worker could not start (imports, the store): say so, exit 1
         log.error("intake worker processes could not start: %s: %s", type(exc).__name__, exc)
         return 1
-    queue = make_runner(factory, settings, pool) if settings.smtp.queue and ingest_fn is None else None
+    # The runner also runs with `queue = false`: it finishes what an earlier run with a queue left.
+    queue = make_runner(factory, settings, pool) if ingest_fn is None else None
     try:
-        server = await start_server(factory, settings, ingest_fn=ingest_fn, pool=pool, queue=queue)
+        server = await start_server(factory, settings, ingest_fn=ingest_fn, pool=pool,
+                                    queue=queue if settings.smtp.queue else None)
     except Exception as exc:  # port taken, unreadable TLS certificate ...
         log.error("cannot listen on %s: %s", settings.smtp.listen, exc)
         if pool is not None:
@@ -189,9 +191,10 @@ async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threa
             await asyncio.sleep(0.1)
         log.info("stopping: draining SMTP sessions for up to %ss", settings.smtp.shutdown_grace)
         notify("STOPPING=1\nSTATUS=draining")
+        deadline = time.monotonic() + settings.smtp.shutdown_grace  # one budget for DATA and the queue
         await server.shutdown(settings.smtp.shutdown_grace)
-        if queue is not None:
-            await queue.stop(settings.smtp.shutdown_grace)  # what is still queued then waits for the next start
+        if queue is not None:  # what is still queued then waits for the next start
+            await queue.stop(max(0.0, deadline - time.monotonic()))
         if pool is not None:
             await asyncio.to_thread(pool.close)
         for thread in workers:

@@ -134,7 +134,7 @@ def _flock_until(fd: int, deadline: float, timeout: float) -> None:
             pause = min(pause * 2, 0.004)  # short polls: the next writer starts within a few ms
 
 
-def open_lock_file(path: str) -> int | None:
+def open_lock_file(path: str, owner_of: str | None = None) -> int | None:
     """The lock file, made with the database file's owner and group when root makes it (an operator's
     ``maild`` command as root must not lock the daemon's user out); None, logged, if it cannot be
     opened (a read-only directory, another user's file)."""
@@ -143,7 +143,7 @@ def open_lock_file(path: str) -> int | None:
     except OSError as exc:
         log.warning("SQLite writers of several processes will not queue in order: %s", exc)
         return None
-    database = path.removesuffix("-writer.lock")
+    database = owner_of or path.removesuffix("-writer.lock")
     if os.geteuid() == 0 and os.path.exists(database):
         with contextlib.suppress(OSError):
             owner = os.stat(database)

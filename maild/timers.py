@@ -25,6 +25,7 @@ Choices where SPEC §4 is silent:
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,9 +39,11 @@ from maild.config import Settings
 from maild.enums import CaseKind, Priority, Status
 from maild.escalation import MAX_LEVEL, escalate
 from maild.mail import send, staff_recipients
-from maild.models import Case, CaseEvent
+from maild.models import Case, CaseEvent, RawMessage
 from maild.outbound.outbox import case_context, queue_mail
 from maild.scheduler import Action, Rule, mark_once
+
+log = logging.getLogger(__name__)
 
 MAILD = "maild"
 CLOSED = tuple(s.value for s in Status if s.is_closed)
@@ -58,7 +61,16 @@ def _utc(t: datetime) -> str:
 
 
 def no_response(session: Session, settings: Settings, now: datetime) -> list[Action]:
-    """Warn a silent customer after N business days, close the case after the grace period."""
+    """Warn a silent customer after N business days, close the case after the grace period.
+
+    Not while SMTP mail accepted before ``now`` still waits in the queue (``maild.ingest.queue``): it
+    may be the customer's answer, and the next tick runs the rule once it has been read.
+    """
+    waiting = session.scalar(select(RawMessage.id).where(RawMessage.outcome.is_(None),
+                                                         RawMessage.received_at <= now).limit(1))
+    if waiting is not None:
+        log.info("no-response rule deferred: accepted mail (raw #%s on) is still being processed", waiting)
+        return []
     cal = business_calendar(settings)
     query = select(Case).where(Case.awaiting_customer_since.is_not(None),
                                Case.status.not_in(PAUSED)).order_by(Case.id)

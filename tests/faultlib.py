@@ -150,8 +150,12 @@ def check_no_loss(db_url: str, ledger: Ledger) -> dict[str, int]:
     """The no-loss invariant; AssertionError listing every broken nonce. Returns the counts."""
     raws = _rows(db_url, "SELECT id, data, outcome, reason, case_id, duplicates FROM raw_messages")
     held = {r[0]: r[1] for r in _rows(db_url, "SELECT raw_id, reason FROM held_messages")}
-    on_case = {r[0] for r in _rows(db_url, "SELECT raw_id FROM case_messages WHERE raw_id IS NOT NULL")}
+    on_case_rows = [r[0] for r in _rows(db_url, "SELECT raw_id FROM case_messages WHERE raw_id IS NOT NULL")]
+    on_case = set(on_case_rows)
     problems = integrity(db_url)
+    # processed exactly once: a message recorded on cases twice was processed twice
+    problems += [f"raw #{raw_id} recorded on cases {on_case_rows.count(raw_id)} times"
+                 for raw_id in sorted(on_case) if on_case_rows.count(raw_id) > 1]
     counts = {"injected": len(ledger.entries), "accepted": 0, "stored": 0, "refused_or_dropped": 0}
     for entry in ledger.entries.values():
         needle = entry.nonce.encode()

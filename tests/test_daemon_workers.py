@@ -26,11 +26,13 @@ from sqlalchemy import text
 from maild.db import make_engine, make_sessionmaker, transaction
 
 
-@pytest.fixture
-def pooled(tmp_path: Path, relay: CaptureRelay) -> Iterator[tuple[Desk, MaildProcess]]:
+@pytest.fixture(params=[True, False], ids=["queue", "no-queue"])
+def pooled(tmp_path: Path, relay: CaptureRelay, request: pytest.FixtureRequest) -> Iterator[tuple[Desk, MaildProcess]]:
+    # With the queue the workers do the case work after the 250; without it, before.
     port = free_port()
+    queue = "true" if request.param else "false"
     cfg = write_config(tmp_path, database_url=f"sqlite:///{tmp_path}/maild.db", relay_port=relay.port,
-                       extra=f'[smtp]\nlisten = "127.0.0.1:{port}"\nprocesses = 2\n')
+                       extra=f'[smtp]\nlisten = "127.0.0.1:{port}"\nprocesses = 2\nqueue = {queue}\n')
     desk = Desk(cfg)
     desk.import_directory(REPO / "examples" / "directory.toml")
     proc = MaildProcess(cfg, port, tmp_path / "maild.log")
@@ -76,7 +78,8 @@ def test_worker_processes_take_mail_and_the_desk_acknowledges_it(pooled: tuple[D
 
 
 def test_a_killed_worker_costs_a_retry_and_nothing_else(pooled: tuple[Desk, MaildProcess]) -> None:
-    # A worker dies (OOM killer): what it held is answered 451 or was committed; a resend is stored once.
+    # A worker dies (OOM killer): what it held is answered 451 or was committed (no queue), or stays
+    # queued and is processed by the next pool (queue); a resend is stored once, each processed once.
     desk, proc = pooled
     proc.start()
     assert proc.proc is not None

@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Desk, build_mail, mt
+from conftest import REPO
+from faultlib import MaildProcess, free_port
+from helpers import Desk, build_mail, mt, write_config
 from servers import CaptureRelay
 from sqlalchemy import select, update
 
 from maild.db import transaction
-from maild.ingest import queue
+from maild.ingest import parse as parse_module
+from maild.ingest import pipeline, queue
 from maild.ingest.queue import IntakeStamp, Queued, enqueue_batch, process_pending
 from maild.ingest.raw import RawMail
 from maild.ingest.smtp_server import make_controller
@@ -66,7 +69,8 @@ def test_the_same_copy_queued_twice_is_one_message(desk: Desk) -> None:
     assert len(desk.cases()) == 1 and len(rows(desk)) == 1
 
 
-def test_a_message_that_keeps_stopping_the_process_is_quarantined_and_the_queue_goes_on(desk: Desk) -> None:
+def test_a_message_that_keeps_stopping_the_process_is_quarantined_and_the_queue_goes_on(
+        desk: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
     # Three processing runs were begun on the first message and none finished (a crash each time):
     # it is held as unprocessable without being parsed again; the messages behind it become cases.
     enqueue_batch(desk.factory, [smtp_raw(build_mail(subject=f"Issue {n}", message_id=f"<k{n}@initech.example>"),
@@ -74,8 +78,18 @@ def test_a_message_that_keeps_stopping_the_process_is_quarantined_and_the_queue_
     with transaction(desk.factory) as s:
         first = s.scalars(select(RawMessage.id).order_by(RawMessage.id)).first()
         s.execute(update(RawMessage).where(RawMessage.id == first).values(attempts=queue.MAX_ATTEMPTS))
-    # A message begun before is claimed alone, so those behind it are not charged for its attempts.
-    assert process_pending(desk.factory, desk.settings) == 1
+
+    class Crash(BaseException):  # what killed the process those three times: nothing may catch it
+        pass
+
+    def crash(*_: Any) -> Any:
+        raise Crash("the quarantined message was parsed again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pipeline, "parse", crash)
+        patched.setattr(parse_module, "parse", crash)
+        # A message begun before is claimed alone, so those behind it are not charged for its attempts.
+        assert process_pending(desk.factory, desk.settings) == 1
     assert process_pending(desk.factory, desk.settings) == 2
     (held,) = desk.held()
     assert held.reason == "unprocessable" and "never finished" in held.detail
@@ -235,3 +249,63 @@ def test_one_process_works_the_queue_at_a_time(desk: Desk) -> None:
         assert [(outcome, attempts) for _, outcome, _, attempts in rows(desk)] == [(None, 0)]
     assert process_pending(desk.factory, desk.settings) == 1
     assert [(outcome, attempts) for _, outcome, _, attempts in rows(desk)] == [("new-case", 1)]
+
+
+def test_the_no_response_rule_waits_for_queued_mail(desk: Desk) -> None:
+    # The technician asked a question; the customer's answer is accepted but still queued when the
+    # no-response rule would close the case: the rule waits, and the answer lands on the open case.
+    desk.ingest(build_mail(), now=mt(2026, 11, 2, 9, 0))
+    desk.cli_json("cases", "reply", "1", "--body", "Which floor?", "--await-customer", "--now", "2026-11-02T10:00")
+    answer = RawMail(data=build_mail(subject="Re: [Case #1] Printer on fire", message_id="<ans@initech.example>",
+                                     in_reply_to="<m1@initech.example>", body="Floor 3.\n"),
+                     source="smtp", rcpt_tos=("support@example.com",), received_at=mt(2026, 11, 3, 9, 0))
+    enqueue_batch(desk.factory, [answer])
+    for at in ("2026-11-20T10:00", "2026-11-27T10:00"):  # due to warn, then due to close
+        assert desk.cli("tick", "--now", at)[0] == 0
+    assert desk.case(1)["status"] != "closed-no-response"
+    assert "no_response_warning" not in [i.template for i in desk.outbox()]
+    process_pending(desk.factory, desk.settings)
+    assert desk.cli("tick", "--now", "2026-11-27T10:05")[0] == 0
+    case = desk.case(1)
+    assert case["status"] != "closed-no-response"
+    assert [m["text"].strip() for m in case["messages"]][-1] == "Floor 3."
+
+
+def test_an_error_of_the_store_does_not_count_as_an_attempt(desk: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The store fails while a message is processed (locked, down): the run fails and is retried later,
+    # and the failed run is not counted towards quarantine: only crashes are.
+    enqueue_batch(desk.factory, [smtp_raw(build_mail(subject=f"E {n}", message_id=f"<e{n}@i.example>"), n)
+                                 for n in range(2)])
+    real = pipeline.settle
+
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        raise TimeoutError("database is locked")
+
+    monkeypatch.setattr(pipeline, "settle", locked)
+    for _ in range(queue.MAX_ATTEMPTS + 1):
+        with pytest.raises(TimeoutError):
+            process_pending(desk.factory, desk.settings)
+    assert [(outcome, attempts) for _, outcome, _, attempts in rows(desk)] == [(None, 0), (None, 0)]
+    monkeypatch.setattr(pipeline, "settle", real)
+    assert process_pending(desk.factory, desk.settings) == 2
+    assert sorted(c["subject"] for c in desk.cases()) == ["E 0", "E 1"]
+
+
+def test_a_daemon_started_without_the_queue_still_finishes_what_was_queued(tmp_path: Path,
+                                                                          relay: CaptureRelay) -> None:
+    # The desk switched to `queue = false` while mail was still queued (or a daemon was killed with
+    # mail queued): `maild run` processes it at start, and the customer gets the acknowledgement.
+    port = free_port()
+    cfg = write_config(tmp_path, database_url=f"sqlite:///{tmp_path}/maild.db", relay_port=relay.port,
+                       extra=f'[smtp]\nlisten = "127.0.0.1:{port}"\nqueue = false\n')
+    desk = Desk(cfg)
+    desk.import_directory(REPO / "examples" / "directory.toml")
+    enqueue_batch(desk.factory, [smtp_raw(build_mail(subject="Left in the queue", message_id="<lq@i.example>"))])
+    proc = MaildProcess(cfg, port, tmp_path / "maild.log").start()
+    try:
+        (ack,) = relay.wait_for(1, timeout=30)
+    finally:
+        assert proc.stop() == 0
+    assert str(ack.message["Subject"]).endswith("Left in the queue") and ack.rcpt_tos == ("peter@initech.example",)
+    assert desk.cli_json("queue")["queued"] == 0
+    desk.close()

@@ -124,20 +124,20 @@ def ingest(session: Session, raw: RawMail, *, now: datetime, settings: Settings,
 
 
 def settle(session: Session, raw: RawMail, stored: RawMessage, *, now: datetime, settings: Settings,
-           parsed: Parsed = None, give_up: str | None = None) -> IngestResult:
+           parsed: Parsed = None, give_up: str | None = None, arrived: datetime | None = None) -> IngestResult:
     """Process a stored message and record its outcome on its row; a failure quarantines it (D5).
 
     ``give_up`` quarantines it without processing: the queue's answer to a message whose processing
-    has stopped the process before (``maild.ingest.queue``).
+    has stopped the process before (``maild.ingest.queue``). ``arrived`` is when a queued message was
+    accepted: the reopen rule counts its days to then (everything else happens ``now``).
     """
-    if give_up is not None:
-        stored.message_id = stored.message_id or _message_id_hint(raw)
+    if give_up is not None:  # nothing may read the message now: reading it is what stopped the process
         result = hold(session, stored, None, HoldReason.UNPROCESSABLE, give_up, None, now, settings, reply=False)
         stored.outcome, stored.reason, stored.case_id = result.outcome.value, result.reason, result.case
         return result
     try:
         with session.begin_nested():
-            result = process(session, raw, stored, now=now, settings=settings, parsed=parsed)
+            result = process(session, raw, stored, now=now, settings=settings, parsed=parsed, arrived=arrived)
     except Exception as exc:  # the one boundary: keep the bytes, quarantine, report
         stored.message_id = _message_id_hint(raw)
         log.exception("message %s: processing failed; quarantined", stored.message_id or stored.sha256[:12])
@@ -177,7 +177,7 @@ def store_raw(session: Session, raw: RawMail, now: datetime,
 
 
 def process(session: Session, raw: RawMail, stored: RawMessage, *, now: datetime,
-            settings: Settings, parsed: Parsed = None) -> IngestResult:
+            settings: Settings, parsed: Parsed = None, arrived: datetime | None = None) -> IngestResult:
     # Before the parser sees it (rule 7); a message parsed ahead has passed this check already.
     over = limits.check(raw.data, limits.limits_for(settings)) if parsed is None else None
     if over is not None:
@@ -213,7 +213,7 @@ def process(session: Session, raw: RawMail, stored: RawMessage, *, now: datetime
                     case=case, reply=False)
     if auth.staff is not None:
         return staff_mail(session, inbound, stored, case, auth.staff.email, now, settings)
-    decision = decide(CaseState(case.id, Status(case.status), case.closed_at), now=now,
+    decision = decide(CaseState(case.id, Status(case.status), case.closed_at), now=min(now, arrived or now),
                       reopen_days=settings.intake.reopen_days)
     if decision.outcome is Outcome.NEW_LINKED_CASE and not _may_open(auth, inbound, case):
         return hold(session, stored, inbound, HoldReason.UNAUTHORISED,

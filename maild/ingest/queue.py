@@ -32,6 +32,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -56,7 +57,8 @@ CLAIM = 16  # messages claimed per run; each is still processed and committed on
 CLAIM_BYTES = 8 * 1024 * 1024  # and no more mail than this in memory at once (at least one message)
 MAX_ATTEMPTS = 3
 QUIET_SECONDS = 0.03  # processing waits for a pause of this long in the listener's commits ...
-YIELD_MAX_SECONDS = 0.5  # ... but never longer than this before each message
+YIELD_MAX_SECONDS = 0.5  # ... but never longer than this before each message,
+YIELD_WINDOW = timedelta(seconds=30)  # and not at all once a message has waited this long
 POLL_SECONDS = 2.0
 BACKOFF_MAX = 30.0
 _ADVISORY_KEY = 0x6D61696C64  # "maild": the PostgreSQL lock of the one process working the queue
@@ -221,7 +223,11 @@ def process_pending(factory: sessionmaker[Session], settings: Settings, *, limit
             return 0  # another process (a second daemon, `maild queue --process`) is at it
         claimed = _claim(factory, limit)
         for item in claimed:
-            _process_one(factory, settings, item, stamp)
+            try:
+                _process_one(factory, settings, item, stamp)
+            except Exception:
+                _give_back(factory, [c.raw_id for c in claimed[claimed.index(item):]])
+                raise
     if claimed:
         from maild.outbound.sender import wake
 
@@ -259,7 +265,8 @@ def _one_processor(factory: sessionmaker[Session]) -> Iterator[bool]:
     if not database or database == ":memory:" or database.startswith("file:"):
         yield True
         return
-    fd = open_lock_file(f"{Path(database).resolve()}-queue.lock")
+    path = Path(database).resolve()
+    fd = open_lock_file(f"{path}-queue.lock", owner_of=str(path))
     if fd is None:  # cannot be opened (logged): process anyway, as a lone daemon would
         yield True
         return
@@ -301,6 +308,18 @@ def _claim(factory: sessionmaker[Session], limit: int) -> list[_Claimed]:
         return [_Claimed(from_stored(row), row.id, row.attempts) for row in stored]
 
 
+def _give_back(factory: sessionmaker[Session], raw_ids: list[int]) -> None:
+    """An error raised here (the store down or locked), not a crash: the attempts were not the
+    messages' fault, so they do not count towards quarantine. Best effort: the store may be down."""
+    try:
+        with transaction(factory) as session:
+            session.execute(update(RawMessage).where(RawMessage.id.in_(raw_ids), RawMessage.outcome.is_(None),
+                                                     RawMessage.attempts > 0)
+                            .values(attempts=RawMessage.attempts - 1))
+    except Exception as exc:
+        log.warning("could not give back the processing attempts of %d queued messages: %s", len(raw_ids), exc)
+
+
 def _process_one(factory: sessionmaker[Session], settings: Settings, item: _Claimed,
                  stamp: IntakeStamp | None) -> None:
     from maild.ingest.pipeline import preparse, settle
@@ -309,19 +328,26 @@ def _process_one(factory: sessionmaker[Session], settings: Settings, item: _Clai
     if item.attempts > MAX_ATTEMPTS:
         give_up = (f"processing was begun {item.attempts - 1} times and never finished (the process stopped); "
                    "quarantined unparsed so the queue goes on")
-    if stamp is not None:  # parsing too waits: on a busy machine it would take CPU from the listener
+    now = clock.now()
+    arrived = item.raw.received_at or now
+    if stamp is not None and now - arrived < YIELD_WINDOW:
+        # Parsing waits too: on a busy machine it would take CPU from the listener. A message that
+        # has waited YIELD_WINDOW already goes ahead, so a load that never pauses cannot starve it.
         stamp.wait_quiet()
     parsed = None if give_up else preparse(item.raw, settings)  # CPU only, before the write lock
     started = time.monotonic()
     with transaction(factory) as session:
-        stored = session.scalars(select(RawMessage).options(defer(RawMessage.data))
+        # FOR UPDATE (PostgreSQL): should a second processor ever hold the same row, it waits here and
+        # then finds the outcome set, instead of processing the message twice.
+        stored = session.scalars(select(RawMessage).options(defer(RawMessage.data)).with_for_update()
                                  .where(RawMessage.id == item.raw_id, RawMessage.outcome.is_(None))).first()
         if stored is None:
             return  # another processor finished it meanwhile
-        # The decision is taken as of the message's arrival: a reply that arrived on the last day of
-        # the reopen window reopens its case even if it waited in the queue past midnight.
-        now = item.raw.received_at or clock.now()
-        result = settle(session, item.raw, stored, now=now, settings=settings, parsed=parsed, give_up=give_up)
+        # The reopen rule counts to the message's arrival: a reply that arrived on the last day of the
+        # window reopens its case even if it waited in the queue past midnight. Everything else (events,
+        # the acknowledgement and its rate limits) happens now.
+        result = settle(session, item.raw, stored, now=clock.now(), settings=settings, parsed=parsed,
+                        give_up=give_up, arrived=arrived)
     log.info("message %s: %s case=%s (%s) in %.0f ms", result.message_id, result.outcome.value, result.case,
              result.reason, (time.monotonic() - started) * 1000)
 

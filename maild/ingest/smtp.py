@@ -218,9 +218,12 @@ class IntakeHandler:
             log.exception("queueing %s from %s failed; answered 451", message_id, raw.peer)
             return REPLY_LOCAL_ERROR
         fault_point("after_commit_before_reply")
-        log.debug("message %s queued as raw-%d%s in %d ms (smtp, peer=%s)", message_id, queued.raw_id,
-                  " (a copy already queued)" if queued.duplicate else "",
-                  (time.monotonic() - started) * 1000, raw.peer)
+        if queued.duplicate:  # an MTA's resend after a lost 250 (RELIABILITY D2), or a true repeat
+            log.info("message %s from %s: a copy of raw-%d, counted there, not stored again", message_id,
+                     raw.peer, queued.raw_id)
+        else:
+            log.debug("message %s queued as raw-%d in %d ms (smtp, peer=%s)", message_id, queued.raw_id,
+                      (time.monotonic() - started) * 1000, raw.peer)
         return REPLY_QUEUED.format(ref=f"raw-{queued.raw_id}")
 
     async def _enqueue_batch(self, raws: Sequence[RawMail]) -> Sequence[Queued | Exception]:
