@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import smtplib
 import threading
 from datetime import datetime
 from email.message import EmailMessage
@@ -181,3 +182,13 @@ def acme_case(session: Session, subject: str, at: datetime) -> Case:
     session.add(case)
     session.flush()
     return case
+
+
+def send_burst_mail(port: int, n: int) -> tuple[int, bytes]:
+    """Peter's n-th mail of an outage burst ("Outage report n") over SMTP: (code, reply)."""
+    data = build_mail(subject=f"Outage report {n}", message_id=f"<burst-{n}@initech.example>")
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo("mta.initech.example")
+        client.mail("peter@initech.example")
+        client.rcpt("support@example.com")
+        return client.data(data)

@@ -4,14 +4,13 @@ after the commit that holds it; one message that cannot be stored does not take 
 
 from __future__ import annotations
 
-import smtplib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Desk, build_mail
+from helpers import Desk, build_mail, send_burst_mail
 from sqlalchemy import event, func, select
 
 from maild.db import transaction
@@ -20,16 +19,6 @@ from maild.ingest.pipeline import IngestResult, run_ingest_batch
 from maild.ingest.raw import RawMail
 from maild.ingest.smtp_server import make_controller
 from maild.models import Case, RawMessage
-
-
-def send(port: int, n: int) -> tuple[int, bytes]:
-    data = build_mail(subject=f"Outage report {n}", message_id=f"<burst-{n}@initech.example>")
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        client.ehlo("mta.initech.example")
-        client.mail("peter@initech.example")
-        client.rcpt("support@example.com")
-        code, reply = client.data(data)
-    return code, reply
 
 
 def test_a_burst_shares_commits_and_every_250_follows_its_commit(sqlite_desk: Desk) -> None:
@@ -52,7 +41,7 @@ def test_a_burst_shares_commits_and_every_250_follows_its_commit(sqlite_desk: De
     busy.wait(10)
     try:
         with ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(send, intake.port, n) for n in range(8)]
+            futures = [pool.submit(send_burst_mail, intake.port, n) for n in range(8)]
             threading.Timer(1.0, release.set).start()
             replies = [f.result(60) for f in futures]
     finally:

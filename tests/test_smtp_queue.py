@@ -5,7 +5,6 @@ process. Real stores (SQLite and PostgreSQL), real sockets, a real relay."""
 
 from __future__ import annotations
 
-import smtplib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 from conftest import REPO
 from faultlib import MaildProcess, free_port
-from helpers import Desk, build_mail, mt, write_config
+from helpers import Desk, build_mail, mt, send_burst_mail, write_config
 from servers import CaptureRelay
 from sqlalchemy import select, update
 
@@ -124,15 +123,6 @@ def test_maild_queue_reports_and_processes_what_waits(desk: Desk) -> None:
     assert len(desk.cases()) == 2
 
 
-def send(port: int, n: int) -> tuple[int, bytes]:
-    data = build_mail(subject=f"Outage {n}", message_id=f"<burst-{n}@initech.example>")
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        client.ehlo("mta.initech.example")
-        client.mail("peter@initech.example")
-        client.rcpt("support@example.com")
-        return client.data(data)
-
-
 def test_a_burst_over_smtp_is_answered_from_the_queue_and_every_message_is_acknowledged(
         make_desk: Callable[..., Desk]) -> None:
     # Twenty sessions over four connections: each 250 names the stored row, every message becomes a
@@ -144,7 +134,7 @@ def test_a_burst_over_smtp_is_answered_from_the_queue_and_every_message_is_ackno
         intake = make_controller(desk.factory, desk.settings, listen="127.0.0.1:0", queue=True).start()
         try:
             with ThreadPoolExecutor(4) as pool:
-                replies = list(pool.map(lambda n: send(intake.port, n), range(20)))
+                replies = list(pool.map(lambda n: send_burst_mail(intake.port, n), range(20)))
             assert all(code == 250 and reply.startswith(b"2.0.0 Ok: queued as raw-") for code, reply in replies)
             assert len({reply for _, reply in replies}) == 20
             deadline = time.monotonic() + 30
@@ -152,7 +142,7 @@ def test_a_burst_over_smtp_is_answered_from_the_queue_and_every_message_is_ackno
                 time.sleep(0.05)
         finally:
             intake.stop(grace=10)
-        assert sorted(c["subject"] for c in desk.cases()) == sorted(f"Outage {n}" for n in range(20))
+        assert sorted(c["subject"] for c in desk.cases()) == sorted(f"Outage report {n}" for n in range(20))
         assert desk.cli("send")[0] == 0
         acks = [m for m in relay.wait_for(6, timeout=30) if m.rcpt_tos == ("peter@initech.example",)]
         cap = desk.settings.intake.ack_per_sender_per_hour  # the rest are suppressed, and staff alerted
@@ -184,9 +174,9 @@ def test_the_store_refusing_the_queue_insert_is_a_451_and_the_retry_lands_once(s
     locker = sqlite3.connect(tmp_path / "maild.db", isolation_level=None)
     try:
         locker.execute("BEGIN EXCLUSIVE")
-        assert send(intake.port, 1)[0] == 451
+        assert send_burst_mail(intake.port, 1)[0] == 451
         locker.execute("COMMIT")
-        assert send(intake.port, 1)[0] == 250
+        assert send_burst_mail(intake.port, 1)[0] == 250
     finally:
         locker.close()
         intake.stop(grace=10)
