@@ -39,9 +39,9 @@ def mark_once(session: Session, key: str, now: datetime) -> bool:
 def rules() -> tuple[Rule, ...]:
     """The rules, imported here so that each subsystem owns its own module."""
     from maild import invoices, maintenance, timers
-    from maild.ingest import imap
+    from maild.ingest import imap, queue
 
-    return (*timers.RULES, *maintenance.RULES, *invoices.RULES, *imap.RULES)
+    return (*timers.RULES, *maintenance.RULES, *invoices.RULES, *imap.RULES, *queue.RULES)
 
 
 def tick(factory: sessionmaker[Session], settings: Settings, now: datetime) -> list[Action]:

@@ -299,3 +299,18 @@ def test_a_daemon_started_without_the_queue_still_finishes_what_was_queued(tmp_p
     assert str(ack.message["Subject"]).endswith("Left in the queue") and ack.rcpt_tos == ("peter@initech.example",)
     assert desk.cli_json("queue")["queued"] == 0
     desk.close()
+
+
+def test_staff_hear_once_when_accepted_mail_waits_unprocessed(desk: Desk) -> None:
+    # Processing has stalled (a hung message, a failing store): after 15 minutes the scheduler alerts
+    # staff, once for that oldest message, not at every tick.
+    enqueue_batch(desk.factory, [smtp_raw(build_mail(subject="Stuck", message_id="<st@i.example>"))])  # 10:05
+    code, out, _ = desk.cli("tick", "--now", "2026-11-20T10:15")
+    assert code == 0 and "queue-stuck-alert" not in out
+    code, out, _ = desk.cli("tick", "--now", "2026-11-20T10:25")
+    assert code == 0 and "queue-stuck-alert" in out
+    code, out, _ = desk.cli("tick", "--now", "2026-11-20T10:35")
+    assert code == 0 and "queue-stuck-alert" not in out
+    alerts = [i for i in desk.outbox() if i.template == "staff_alert"]  # one per staff recipient
+    assert alerts and len({i.to_addr for i in alerts}) == len(alerts)
+    assert all("Accepted mail not processed for 20 minutes (1 waiting)" in i.subject for i in alerts)

@@ -32,7 +32,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -59,6 +59,7 @@ MAX_ATTEMPTS = 3
 QUIET_SECONDS = 0.03  # processing waits for a pause of this long in the listener's commits ...
 YIELD_MAX_SECONDS = 0.5  # ... but never longer than this before each message,
 YIELD_WINDOW = timedelta(seconds=30)  # and not at all once a message has waited this long
+STUCK_AFTER = timedelta(minutes=15)  # a queued message this old means processing has stalled: alert
 POLL_SECONDS = 2.0
 BACKOFF_MAX = 30.0
 _ADVISORY_KEY = 0x6D61696C64  # "maild": the PostgreSQL lock of the one process working the queue
@@ -194,6 +195,28 @@ class IntakeStamp:
 
 def intake_stamp(settings: Settings) -> IntakeStamp:
     return IntakeStamp(Path(settings.data_dir) / "intake.stamp")
+
+
+def stuck_queue_rule(session: Session, settings: Settings, now: datetime) -> list[dict[str, object]]:
+    """Scheduler rule: tell staff when accepted SMTP mail has waited ``STUCK_AFTER`` unprocessed (the
+    runner is stalled, a message hangs, processing fails again and again), once per oldest message."""
+    from maild.mail import alert_staff
+
+    oldest = session.execute(select(RawMessage.id, RawMessage.received_at).where(RawMessage.outcome.is_(None))
+                             .order_by(RawMessage.id).limit(1)).first()
+    if oldest is None or now - oldest.received_at < STUCK_AFTER:
+        return []
+    waiting = session.scalar(select(func.count(RawMessage.id)).where(RawMessage.outcome.is_(None))) or 0
+    minutes = int((now - oldest.received_at).total_seconds() // 60)
+    items = alert_staff(session, settings, now=now, dedupe_key=f"queue-stuck:{oldest.id}",
+                        title=f"Accepted mail not processed for {minutes} minutes ({waiting} waiting)",
+                        detail=f"SMTP mail was accepted (250) but its case work has not run: raw #{oldest.id} "
+                               f"arrived {oldest.received_at.isoformat()}. Check the daemon's log for processing "
+                               "errors; `maild queue` shows the queue, `maild queue --process` works it off.")
+    return [{"action": "queue-stuck-alert", "raw": oldest.id, "queued": waiting}] if items else []
+
+
+RULES = (stuck_queue_rule,)
 
 
 @dataclass(frozen=True)
