@@ -77,7 +77,7 @@ def enqueue_batch(factory: sessionmaker[Session], raws: Sequence[RawMail]) -> li
     """Commit each message's bytes and envelope, all in one transaction; returns after the commit.
 
     The same copy arriving again (same bytes, same envelope) is counted on the first row, not stored
-    twice (RELIABILITY rule 2). The batch is written with one lookup and one multi-row insert; if that
+    twice (RELIABILITY rule 2). The batch is written with one lookup and one executemany insert; if that
     fails, each message is tried on its own, so one that cannot be stored gets its exception and
     leaves the others alone. A failed commit raises for all.
     """
@@ -159,7 +159,8 @@ class IntakeStamp:
     The queue's processing waits for the listener to have been quiet for ``QUIET_SECONDS`` before it
     takes SQLite's one write lock (``wait_quiet``), so a burst's messages are committed and answered
     first and the case work catches up behind it. It never waits more than ``YIELD_MAX_SECONDS`` per
-    message, so processing goes on, slowly, under a load that never pauses.
+    message, and not at all for mail that has waited ``YIELD_WINDOW``, so a load that never pauses
+    cannot starve processing.
     """
 
     def __init__(self, path: Path) -> None:
