@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from maild import clock
 from maild.config import Settings
 from maild.db import open_store
-from maild.ingest.queue import make_runner
+from maild.ingest.queue_run import make_runner
 from maild.ingest.smtp import IngestFn
 from maild.ingest.smtp_server import start_server
 from maild.ingest.workers import IntakePool

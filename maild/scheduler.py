@@ -39,9 +39,9 @@ def mark_once(session: Session, key: str, now: datetime) -> bool:
 def rules() -> tuple[Rule, ...]:
     """The rules, imported here so that each subsystem owns its own module."""
     from maild import invoices, maintenance, timers
-    from maild.ingest import imap, queue
+    from maild.ingest import imap, queue_run
 
-    return (*timers.RULES, *maintenance.RULES, *invoices.RULES, *imap.RULES, *queue.RULES)
+    return (*timers.RULES, *maintenance.RULES, *invoices.RULES, *imap.RULES, *queue_run.RULES)
 
 
 def tick(factory: sessionmaker[Session], settings: Settings, now: datetime) -> list[Action]:

@@ -21,7 +21,8 @@ from sqlalchemy import select, update
 from maild.db import transaction
 from maild.ingest import parse as parse_module
 from maild.ingest import pipeline, queue
-from maild.ingest.queue import IntakeStamp, Queued, enqueue_batch, process_pending
+from maild.ingest.queue import Queued, enqueue_batch, process_pending
+from maild.ingest.queue_run import IntakeStamp
 from maild.ingest.raw import RawMail
 from maild.ingest.smtp_server import make_controller
 from maild.models import RawMessage

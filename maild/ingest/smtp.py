@@ -28,13 +28,14 @@ from maild import clock
 from maild.config import Settings
 from maild.faults import fault_point
 from maild.ingest.batch import Batcher
-from maild.ingest.queue import intake_stamp
+from maild.ingest.queue_run import intake_stamp
 from maild.ingest.raw import RawMail
 from maild.logs import MESSAGE_LINE
 
 if TYPE_CHECKING:
     from maild.ingest.pipeline import IngestResult
-    from maild.ingest.queue import Queued, QueueRunner
+    from maild.ingest.queue import Queued
+    from maild.ingest.queue_run import QueueRunner
     from maild.ingest.workers import IntakePool
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from maild.ingest.smtp import (
 )
 
 if TYPE_CHECKING:
-    from maild.ingest.queue import QueueRunner
+    from maild.ingest.queue_run import QueueRunner
     from maild.ingest.workers import IntakePool
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ class ThreadedIntake:
         self._stop = asyncio.Event()
         runner = None
         if self._queue:
-            from maild.ingest.queue import make_runner
+            from maild.ingest.queue_run import make_runner
 
             runner = make_runner(factory, settings)
             runner.start()
