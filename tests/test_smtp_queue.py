@@ -5,6 +5,7 @@ process. Real stores (SQLite and PostgreSQL), real sockets, a real relay."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +19,10 @@ from helpers import Desk, build_mail, mt, send_burst_mail, write_config
 from servers import CaptureRelay
 from sqlalchemy import select, update
 
+from maild import clock
 from maild.db import transaction
 from maild.ingest import parse as parse_module
-from maild.ingest import pipeline, queue
+from maild.ingest import pipeline, queue, queue_run
 from maild.ingest.queue import Queued, enqueue_batch, process_pending
 from maild.ingest.queue_run import IntakeStamp
 from maild.ingest.raw import RawMail
@@ -315,3 +317,38 @@ def test_staff_hear_once_when_accepted_mail_waits_unprocessed(desk: Desk) -> Non
     alerts = [i for i in desk.outbox() if i.template == "staff_alert"]  # one per staff recipient
     assert alerts and len({i.to_addr for i in alerts}) == len(alerts)
     assert all("Accepted mail not processed for 20 minutes (1 waiting)" in i.subject for i in alerts)
+
+
+def test_under_a_load_that_never_pauses_young_mail_yields_and_old_mail_does_not(
+        desk: Desk, tmp_path: Path) -> None:
+    # The listener commits every 5 ms without a pause. A message that has waited less than 30 s holds
+    # back (up to 0.5 s) so intake goes first; mail that has waited longer goes ahead at once, so a
+    # load that never pauses cannot starve processing.
+    stamp = IntakeStamp(tmp_path / "intake.stamp")
+    stop = threading.Event()
+
+    def busy_listener() -> None:
+        while not stop.is_set():
+            stamp.touch()
+            time.sleep(0.005)
+
+    listener = threading.Thread(target=busy_listener)
+    listener.start()
+    try:
+        enqueue_batch(desk.factory, [smtp_raw(build_mail(subject=f"Old {n}", message_id=f"<old{n}@i.example>"), n)
+                                     for n in range(3)])  # received 2026-11-20: long ago
+        started = time.monotonic()
+        assert process_pending(desk.factory, desk.settings, stamp=stamp) == 3
+        old_took = time.monotonic() - started
+        young = RawMail(data=build_mail(subject="Young", message_id="<young@i.example>"), source="smtp",
+                        rcpt_tos=("support@example.com",), received_at=clock.now())
+        enqueue_batch(desk.factory, [young])
+        started = time.monotonic()
+        assert process_pending(desk.factory, desk.settings, stamp=stamp) == 1
+        young_took = time.monotonic() - started
+    finally:
+        stop.set()
+        listener.join()
+    assert old_took < 0.4, old_took  # three messages, no yielding (it would be 3 x 0.5 s)
+    assert young_took >= queue_run.YIELD_MAX_SECONDS * 0.9, young_took
+    assert len(desk.cases()) == 4

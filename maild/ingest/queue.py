@@ -165,9 +165,8 @@ def status(session: Session) -> dict[str, object]:
 def process_pending(factory: sessionmaker[Session], settings: Settings, *, limit: int = CLAIM,
                     stamp: IntakeStamp | None = None) -> int:
     """Process up to ``limit`` of the oldest queued messages, each in its own transaction; returns how
-    many were taken (0: the queue is empty). With ``stamp``, each waits for a pause in intake first."""
-    if stamp is not None:
-        stamp.wait_quiet()  # the claim takes the write lock too
+    many were taken (0: the queue is empty). With ``stamp``, each message younger than ``YIELD_WINDOW``
+    waits for a pause in intake first (the claim itself is one short transaction and does not wait)."""
     with _one_processor(factory) as ours:
         if not ours:
             return 0  # another process (a second daemon, `maild queue --process`) is at it
