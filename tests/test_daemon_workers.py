@@ -7,6 +7,7 @@ and a SQLite store; a worker is killed with SIGKILL from outside, as the OOM kil
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -23,7 +24,9 @@ from helpers import Desk, write_config
 from servers import CaptureRelay
 from sqlalchemy import text
 
+from maild import config
 from maild.db import make_engine, make_sessionmaker, transaction
+from maild.ingest.workers import IntakePool
 
 
 @pytest.fixture(params=[True, False], ids=["queue", "no-queue"])
@@ -225,3 +228,35 @@ def test_ctrl_c_reaching_the_workers_does_not_break_intake(pooled: tuple[Desk, M
     assert "intake worker died" not in proc.log.read_text()
     assert proc.stop() == 0
     assert check_no_loss(desk.settings.database_url, ledger)["accepted"] == 1
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_a_worker_that_hangs_is_killed_and_the_next_run_gets_a_fresh_one(tmp_path: Path) -> None:
+    # A run of the queue hangs in a worker (a message that stalls the parser or a driver): past the
+    # time limit the worker is killed and the call fails (the runner backs off; the messages it held
+    # stay queued, their attempt counted), and the next run goes to a fresh worker.
+    settings = config.load(write_config(tmp_path, database_url=f"sqlite:///{tmp_path}/maild.db"), env={})
+    pool = IntakePool(settings, 1)
+    pool.warm_up()
+
+    async def scenario() -> tuple[int, int]:
+        first = await pool._submit(os.getpid)
+        with pytest.raises(TimeoutError):
+            await pool._submit(time.sleep, 60, timeout=1.0)
+        return first, await pool._submit(os.getpid)
+
+    try:
+        first, second = asyncio.run(scenario())
+    finally:
+        pool.close()
+    assert first != second
+    deadline = time.monotonic() + 10
+    while not _gone(first) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(first), "the hung worker is still running"

@@ -19,6 +19,7 @@ gets a new pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PARENT_CHECK_SECONDS = 1.0
+PROCESS_TIMEOUT = 300.0  # seconds one run of the queue may take in a worker before the worker is killed
 WARM_UP_SECONDS = 60.0
 _STATE: tuple[Engine, sessionmaker[Session], Settings] | None = None
 
@@ -135,17 +137,30 @@ class IntakePool:
         return await self._submit(_ingest_batch, list(raws))
 
     async def process_pending(self) -> int:
-        """The queue's next messages, processed in a worker (a queue runs one such call at a time)."""
-        return await self._submit(_process_pending)
+        """The queue's next messages, processed in a worker (a queue runs one such call at a time).
 
-    async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
+        A call that runs past ``PROCESS_TIMEOUT`` (a message that hangs the parser or a driver) has its
+        worker killed: the messages it held stay queued with their attempt counted, so one that hangs
+        every time is quarantined after ``MAX_ATTEMPTS``, and the queue goes on.
+        """
+        return await self._submit(_process_pending, timeout=PROCESS_TIMEOUT)
+
+    async def _submit(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         from maild.outbound.sender import wake
 
         executor = self._executor
         try:
-            result = await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+            future = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+            result = await asyncio.wait_for(future, timeout)
             wake()  # the worker may have queued acknowledgements; the sender runs in this process
             return result
+        except TimeoutError:
+            with self._lock:
+                if self._executor is executor:
+                    log.error("an intake worker took more than %g s; killing it and starting a new pool", timeout)
+                    self._executor = self._new_executor()
+            _kill(executor)
+            raise
         except BrokenProcessPool:
             with self._lock:
                 if self._executor is executor:
@@ -157,6 +172,16 @@ class IntakePool:
     def close(self) -> None:
         """Let running messages finish (the listener has drained), then stop the workers."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _kill(executor: ProcessPoolExecutor) -> None:
+    """Kill an executor's workers at once (a hung one cannot be asked to stop); its futures fail."""
+    # ProcessPoolExecutor has no public way to do this before Python 3.14 (terminate_workers).
+    processes = dict(getattr(executor, "_processes", None) or {})
+    for process in processes.values():
+        with contextlib.suppress(Exception):
+            process.kill()
+    executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _noop() -> None:
