@@ -110,21 +110,20 @@ def _insert_all(session: Session, raws: Sequence[RawMail]) -> list[Queued]:
             stored[row.source_key] = row.id
     fresh: list[RawMail] = []
     in_batch: dict[str, int] = {}  # the same, for copies earlier in this batch: key -> index in fresh
-    plan: list[tuple[bool, int]] = []  # (already stored, row id or index in fresh)
+    plan: list[tuple[bool, int | None, int | None]] = []  # (a copy, its stored row, or its index in fresh)
     for raw in raws:
         these = [raw.envelope_key] + ([raw.source_key] if raw.source_key else [])
         row_id = next((stored[k] for k in these if k in stored), None)
         if row_id is not None:
-            plan.append((True, row_id))
+            plan.append((True, row_id, None))
             continue
         index = next((in_batch[k] for k in these if k in in_batch), None)
-        if index is None:
-            index = len(fresh)
-            fresh.append(raw)
-            in_batch.update(dict.fromkeys(these, index))
-            plan.append((False, index))
-        else:
-            plan.append((True, -1 - index))  # a second copy in this very batch
+        if index is not None:
+            plan.append((True, None, index))  # a second copy in this very batch
+            continue
+        in_batch.update(dict.fromkeys(these, len(fresh)))
+        plan.append((False, None, len(fresh)))
+        fresh.append(raw)
     ids: list[int] = []
     if fresh:
         now = clock.now()
@@ -137,8 +136,8 @@ def _insert_all(session: Session, raws: Sequence[RawMail]) -> list[Queued]:
               "size": len(raw.data), "data": raw.data, "reason": "", "duplicates": 0, "attempts": 0}
              for raw in fresh]))
     results = []
-    for duplicate, ref in plan:
-        row_id = ids[ref] if not duplicate else ids[-1 - ref] if ref < 0 else ref
+    for duplicate, known, index in plan:
+        row_id = known if known is not None else ids[cast(int, index)]
         if duplicate:
             session.connection().execute(update(RawMessage).where(RawMessage.id == row_id)
                                          .values(duplicates=RawMessage.duplicates + 1))
@@ -171,11 +170,11 @@ def process_pending(factory: sessionmaker[Session], settings: Settings, *, limit
         if not ours:
             return 0  # another process (a second daemon, `maild queue --process`) is at it
         claimed = _claim(factory, limit)
-        for item in claimed:
+        for done, item in enumerate(claimed):
             try:
                 _process_one(factory, settings, item, stamp)
             except Exception:
-                _give_back(factory, [c.raw_id for c in claimed[claimed.index(item):]])
+                _give_back(factory, [c.raw_id for c in claimed[done:]])
                 raise
     if claimed:
         from maild.outbound.sender import wake
