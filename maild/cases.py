@@ -11,16 +11,17 @@ import functools
 import hashlib
 import secrets
 from datetime import UTC, date, datetime, time
-from typing import Any
+from typing import Any, cast
 
 import nh3
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
-from maild import sla
+from maild import blobio, sla
 from maild.clock import BusinessCalendar, make_calendar
 from maild.config import Settings
 from maild.enums import CaseKind, Direction, Priority, Status
+from maild.ingest.bigmail import HeldPart
 from maild.ingest.parse import Inbound
 from maild.ingest.quoting import split
 from maild.models import (
@@ -149,7 +150,7 @@ def add_inbound(
     session.add(msg)
     session.flush()
     for att in inbound.attachments:
-        store_attachment(session, msg, att.filename, att.content_type, att.data)
+        store_attachment(session, msg, att.filename, att.content_type, att.held or att.data)
     if new_case:  # a case opened in this transaction has no thread ids yet: no lookup needed
         session.add(ThreadId(message_id=inbound.message_id, case_id=case.id))
     else:
@@ -163,13 +164,23 @@ def add_inbound(
     return msg
 
 
-def store_attachment(session: Session, msg: CaseMessage, filename: str, content_type: str, data: bytes) -> None:
-    digest = hashlib.sha256(data).hexdigest()
+def store_attachment(session: Session, msg: CaseMessage, filename: str, content_type: str,
+                     data: bytes | HeldPart) -> None:
+    """Keep an attachment's bytes once (``blobs``, by content) and name them on the message. A part
+    held out of a large message (``maild.ingest.bigmail``) is copied in from its file in pieces."""
+    held = data if isinstance(data, HeldPart) else None
+    digest = held.sha256 if held is not None else hashlib.sha256(cast(bytes, data)).hexdigest()
+    size = held.size if held is not None else len(cast(bytes, data))
     if session.get(Blob, digest) is None:
-        session.add(Blob(sha256=digest, size=len(data), data=data))
+        blob = Blob(sha256=digest, size=size, data=b"" if held is not None else data)
+        session.add(blob)
         session.flush()  # the blob row before the attachment row that references it (no ORM relationship orders them)
+        if held is not None:
+            table = cast(Table, Blob.__table__)
+            blobio.write(session.connection(), table, "data", table.c.sha256 == digest, held.chunks(), size)
+            session.expire(blob, ["data"])  # the ORM's copy says b""; the row now holds the bytes
     session.add(AttachmentRow(message_id=msg.id, filename=filename, content_type=content_type[:255],
-                              size=len(data), sha256=digest, token=secrets.token_urlsafe(24)))
+                              size=size, sha256=digest, token=secrets.token_urlsafe(24)))
 
 
 def follow_duplicates(session: Session, case: Case) -> Case:

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 """The store: typed SQLAlchemy 2 models. Nothing here assumes SQLite or PostgreSQL.
 
-Raw mail and attachments are content-addressed rows (``raw_messages``, ``blobs``) rather than files,
+Raw mail and attachments are rows (``raw_messages`` with ``raw_bodies``, ``blobs``) rather than files,
 so that a message is durable with one commit and every maild process on every machine sharing a
 PostgreSQL store sees the same bytes (see docs/ARCHITECTURE.md).
 """
@@ -28,6 +28,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.associationproxy import AssociationProxy, association_proxy
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from maild.enums import Status
@@ -178,7 +179,6 @@ class RawMessage(Base):
     tls: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[datetime]
     size: Mapped[int] = mapped_column(Integer)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
     message_id: Mapped[str | None] = mapped_column(String(998), index=True)
     outcome: Mapped[str | None] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(Text, default="")
@@ -186,6 +186,18 @@ class RawMessage(Base):
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
     # processing runs begun on a queued message; one that keeps stopping the process is quarantined
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    body: Mapped[RawBody] = relationship()
+    # the bytes, kept in raw_bodies: ``RawMessage(data=...)`` and ``row.data`` read and write them there
+    data: AssociationProxy[bytes] = association_proxy("body", "data", creator=lambda data: RawBody(data=data))
+
+
+class RawBody(Base):
+    """A message's bytes, apart from its ``raw_messages`` row: SQLite rewrites a whole row on any
+    update, and the queue updates that row several times. Never updated itself."""
+
+    __tablename__ = "raw_bodies"
+    id: Mapped[int] = mapped_column(ForeignKey("raw_messages.id"), primary_key=True)  # SQLite's rowid
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class CaseMessage(Base):

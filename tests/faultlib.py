@@ -148,7 +148,8 @@ def integrity(db_url: str) -> list[str]:
 
 def check_no_loss(db_url: str, ledger: Ledger) -> dict[str, int]:
     """The no-loss invariant; AssertionError listing every broken nonce. Returns the counts."""
-    raws = _rows(db_url, "SELECT id, data, outcome, reason, case_id, duplicates FROM raw_messages")
+    raws = _rows(db_url, "SELECT r.id, b.data, r.outcome, r.reason, r.case_id, r.duplicates "
+                                 "FROM raw_messages r JOIN raw_bodies b ON b.id = r.id")
     held = {r[0]: r[1] for r in _rows(db_url, "SELECT raw_id, reason FROM held_messages")}
     on_case_rows = [r[0] for r in _rows(db_url, "SELECT raw_id FROM case_messages WHERE raw_id IS NOT NULL")]
     on_case = set(on_case_rows)

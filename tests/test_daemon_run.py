@@ -137,7 +137,7 @@ def test_250_means_the_bytes_are_in_the_store(tmp_path: Path) -> None:
                 assert code == 250 and reply.startswith(b"2.0.0 Ok: queued as ")
         engine = create_engine(settings.database_url)
         with engine.connect() as conn:
-            rows = conn.execute(text("SELECT data FROM raw_messages")).all()
+            rows = conn.execute(text("SELECT data FROM raw_bodies")).all()
         engine.dispose()
         assert [hashlib.sha256(bytes(r[0])).hexdigest() for r in rows] == [hashlib.sha256(message).hexdigest()]
     finally:

@@ -49,12 +49,12 @@ class Batcher(Generic[T]):
             self._queue.popleft()
         while len(self._running) < self._slots and self._queue:
             batch = [self._queue.popleft()]
-            size = len(batch[0][0].data)
+            size = batch[0][0].size
             while self._queue and len(batch) < self._max_items:
                 if self._queue[0][1].done():
                     self._queue.popleft()
                     continue
-                size += len(self._queue[0][0].data)
+                size += self._queue[0][0].size
                 if size > self._max_bytes:
                     break
                 batch.append(self._queue.popleft())

@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from maild.config import Settings
+
+if TYPE_CHECKING:
+    from maild.ingest.bigmail import Whole
 
 # Address headers the parser reads (parse_headers.addresses): each address costs the parser real time.
 _ADDRESS_HEADER = re.compile(rb"^(?:to|cc|bcc|from|reply-to)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
@@ -51,11 +55,18 @@ def header_end(data: bytes) -> int:
     return min(ends) if ends else len(data)
 
 
-def check(data: bytes, limits: Limits) -> str | None:
-    """The first bound ``data`` exceeds, as a reason for staff; None when it is within all of them."""
-    if len(data) > limits.max_size:
-        return f"limit: message of {len(data)} bytes exceeds {limits.max_size}"
+def check(data: bytes, limits: Limits, whole: Whole | None = None) -> str | None:
+    """The first bound ``data`` exceeds, as a reason for staff; None when it is within all of them.
+
+    With ``whole``, ``data`` is a large message's skeleton (``maild.ingest.bigmail``): its size, its
+    longest line and the parts held out of it count too.
+    """
+    size = whole.size if whole is not None else len(data)
+    if size > limits.max_size:
+        return f"limit: message of {size} bytes exceeds {limits.max_size}"
     longest = max(map(len, data.split(b"\n")), default=0)
+    if whole is not None:
+        longest = max(longest, whole.longest_line)
     if longest > limits.max_line:
         return f"limit: a line of {longest} octets exceeds {limits.max_line}"
     header = data[: header_end(data)]
@@ -68,6 +79,7 @@ def check(data: bytes, limits: Limits) -> str | None:
     if addresses > limits.max_addresses:
         return f"limit: {addresses} addresses in the address headers exceed {limits.max_addresses}"
     depth, parts = mime_shape(data, limits.max_depth, limits.max_parts)
+    parts += len(whole.held) if whole is not None else 0
     if depth > limits.max_depth:
         return f"limit: MIME nesting deeper than {limits.max_depth}"
     if parts > limits.max_parts:

@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import binascii
 import email.policy
-import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.feedparser import BytesFeedParser
 from email.message import Message
+from typing import TYPE_CHECKING
 
 import mailparser
 
 from maild.ingest.parse_headers import HeaderIndex, addresses, clean_header_text, unsurrogate
 from maild.ingest.raw import RawMail
+
+if TYPE_CHECKING:
+    from maild.ingest.bigmail import HeldPart
 
 __all__ = ["Attachment", "Inbound", "ParseError", "clean_header_text", "html_to_text", "msgids", "parse",
            "safe_filename", "unsurrogate"]
@@ -46,7 +49,15 @@ class ParseError(Exception):
 class Attachment:
     filename: str  # display name, sanitised: never used as a path
     content_type: str
-    data: bytes
+    data: bytes  # empty for a held-out part: its bytes are in ``held``
+    held: HeldPart | None = None  # a big attachment of a large message, decoded to a file (bigmail)
+
+    @property
+    def size(self) -> int:
+        return self.held.size if self.held is not None else len(self.data)
+
+    def read(self) -> bytes:
+        return self.held.read() if self.held is not None else self.data
 
 
 @dataclass(frozen=True)
@@ -185,6 +196,8 @@ _BLANK = re.compile(rb"[ \t\n\r\x0b\x0c]*")  # what bytes.strip() removes
 
 def parse(raw: RawMail) -> Inbound:
     """Read a RawMail. Raises ParseError only when the bytes are not a mail at all."""
+    if raw.spool is not None:
+        raise TypeError("a spooled message is read from the store, or after RawMail.loaded()")
     if not raw.data or raw.data.isspace():  # bytes.isspace() is bytes.strip()'s set, without the copy
         raise ParseError("empty message")
     msg = _message(raw.data)
@@ -194,10 +207,12 @@ def parse(raw: RawMail) -> Inbound:
 
     mids = msgids(headers.text("message-id"))
     generated = not mids
-    message_id = mids[0] if mids else _derived_message_id(raw.data)
+    message_id = mids[0] if mids else _derived_message_id(raw)
 
     froms, _ = addresses(headers, "from")
     text, html, attachments, defects = _bodies_any(msg)
+    if raw.whole is not None:  # a large message's big attachments, held out of the skeleton
+        attachments += tuple(Attachment(safe_filename(h.filename), h.content_type, b"", h) for h in raw.whole.held)
     text, html = unsurrogate(text), unsurrogate(html) if html else None
     if not text and html:
         text = html_to_text(html)
@@ -256,9 +271,9 @@ def _stdlib_bodies(msg: Message) -> tuple[str, str | None, tuple[Attachment, ...
     return "\n".join(texts), "\n".join(htmls) or None, tuple(attachments), ("StdlibFallback",)
 
 
-def _derived_message_id(data: bytes) -> str:
+def _derived_message_id(raw: RawMail) -> str:
     """A stable Message-ID for a message that has none: the same bytes always get the same one."""
-    return f"{hashlib.sha256(data).hexdigest()[:32]}@derived.maild.invalid"
+    return f"{raw.sha256[:32]}@derived.maild.invalid"
 
 
 _TAG_RE = re.compile(r"<(script|style)\b.*?</\1>|<[^>]+>", re.S | re.I)

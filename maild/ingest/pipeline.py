@@ -106,7 +106,7 @@ Parsed = Inbound | Exception | None  # preparse's answer: the message, what pars
 
 def preparse(raw: RawMail, settings: Settings) -> Parsed:
     """Parse ahead of the transaction; what parse raised is kept, and ``process`` treats it as its own."""
-    if limits.check(raw.data, limits.limits_for(settings)) is not None:
+    if limits.check(raw.data, limits.limits_for(settings), raw.whole) is not None:
         return None  # process holds it without parsing (rule 7)
     try:
         return parse(raw)
@@ -179,7 +179,7 @@ def store_raw(session: Session, raw: RawMail, now: datetime,
 def process(session: Session, raw: RawMail, stored: RawMessage, *, now: datetime,
             settings: Settings, parsed: Parsed = None, arrived: datetime | None = None) -> IngestResult:
     # Before the parser sees it (rule 7); a message parsed ahead has passed this check already.
-    over = limits.check(raw.data, limits.limits_for(settings)) if parsed is None else None
+    over = limits.check(raw.data, limits.limits_for(settings), raw.whole) if parsed is None else None
     if over is not None:
         return hold(session, stored, None, HoldReason.UNPROCESSABLE, over, None, now, settings, reply=False)
     try:
@@ -359,7 +359,7 @@ def staff_mail(session: Session, inbound: Inbound, stored: RawMessage, case: Cas
 
     msg = add_inbound(session, case, inbound, stored, author="staff", now=now)
     staff_reply(session, settings, case, body=msg.text, staff_email=staff, now=now, recorded=True,
-                attachments=[(a.filename, a.content_type, a.data) for a in inbound.attachments])
+                attachments=[(a.filename, a.content_type, a.read()) for a in inbound.attachments])
     return IngestResult(inbound.message_id, Outcome.THREADED, case.id, f"staff reply by mail from {staff}")
 
 

@@ -29,22 +29,23 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import Table, func, insert, select, text, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, defer, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import ColumnElement
 
-from maild import clock
+from maild import blobio, clock
 from maild.config import Settings
 from maild.db import open_lock_file, transaction
 from maild.faults import fault_point
+from maild.ingest import bigmail
 from maild.ingest.raw import RawMail, from_stored
-from maild.models import RawMessage
+from maild.models import RawBody, RawMessage
 
 if TYPE_CHECKING:
     from maild.ingest.queue_run import IntakeStamp
@@ -133,8 +134,15 @@ def _insert_all(session: Session, raws: Sequence[RawMail]) -> list[Queued]:
             [{"envelope_key": raw.envelope_key, "sha256": raw.sha256, "source": raw.source,
               "source_key": raw.source_key, "mail_from": raw.mail_from, "rcpt_tos": list(raw.rcpt_tos),
               "peer": raw.peer, "helo": raw.helo, "tls": raw.tls, "received_at": raw.received_at or now,
-              "size": len(raw.data), "data": raw.data, "reason": "", "duplicates": 0, "attempts": 0}
+              "size": raw.size, "reason": "", "duplicates": 0, "attempts": 0}
              for raw in fresh]))
+        bodies = cast(Table, RawBody.__table__)
+        session.connection().execute(insert(bodies), [{"id": row_id, "data": raw.data}
+                                                      for raw, row_id in zip(fresh, ids, strict=True)])
+        for raw, row_id in zip(fresh, ids, strict=True):
+            if raw.spool is not None:  # a large message: its bytes go in from the spool file, in pieces
+                blobio.write(session.connection(), bodies, "data", bodies.c.id == row_id, raw.spool.chunks(),
+                             raw.spool.size)
     results = []
     for duplicate, known, index in plan:
         row_id = known if known is not None else ids[cast(int, index)]
@@ -147,9 +155,14 @@ def _insert_all(session: Session, raws: Sequence[RawMail]) -> list[Queued]:
 
 @dataclass(frozen=True)
 class _Claimed:
-    raw: RawMail
+    raw: RawMail  # without its bytes when large: read in pieces just before processing
     raw_id: int
     attempts: int
+    size: int
+
+    @property
+    def large(self) -> bool:
+        return self.size > bigmail.LARGE
 
 
 def status(session: Session) -> dict[str, object]:
@@ -253,7 +266,27 @@ def _claim(factory: sessionmaker[Session], limit: int) -> list[_Claimed]:
         session.execute(update(RawMessage).where(RawMessage.id.in_(chosen))
                         .values(attempts=RawMessage.attempts + 1))
         stored = session.scalars(select(RawMessage).where(RawMessage.id.in_(chosen)).order_by(RawMessage.id)).all()
-        return [_Claimed(from_stored(row), row.id, row.attempts) for row in stored]
+        small = [row.id for row in stored if row.size <= bigmail.LARGE]  # large ones are read in pieces later
+        data: dict[int, bytes] = {}
+        if small:
+            data = {row_id: body for row_id, body in session.execute(
+                select(RawBody.id, RawBody.data).where(RawBody.id.in_(small)))}
+        return [_Claimed(from_stored(row, data.get(row.id, b"")), row.id, row.attempts, row.size) for row in stored]
+
+
+def _read_large(factory: sessionmaker[Session], settings: Settings, item: _Claimed) -> RawMail:
+    """A large queued message as its skeleton and held-out attachments (``maild.ingest.bigmail``),
+    read in pieces outside any transaction; one the scan cannot follow is read whole."""
+    engine = cast(Engine, factory.kw["bind"])
+    table = cast(Table, RawBody.__table__)
+    try:
+        data, whole = bigmail.split(blobio.read(engine, table, "data", item.raw_id, item.size),
+                                    settings.data_dir / "spool")
+    except bigmail.Unsplittable as exc:
+        log.info("raw-%d is read whole: %s", item.raw_id, exc)
+        return replace(item.raw, data=b"".join(blobio.read(engine, table, "data", item.raw_id, item.size)),
+                       whole=None)
+    return replace(item.raw, data=data, whole=whole)
 
 
 def _give_back(factory: sessionmaker[Session], raw_ids: list[int]) -> None:
@@ -282,19 +315,22 @@ def _process_one(factory: sessionmaker[Session], settings: Settings, item: _Clai
         # Parsing waits too: on a busy machine it would take CPU from the listener. A message that
         # has waited YIELD_WINDOW already goes ahead, so a load that never pauses cannot starve it.
         stamp.wait_quiet()
-    parsed = None if give_up else preparse(item.raw, settings)  # CPU only, before the write lock
+    raw = item.raw
+    if give_up is None and item.large:  # claimed without its bytes
+        raw = _read_large(factory, settings, item)
+    parsed = None if give_up else preparse(raw, settings)  # CPU only, before the write lock
     started = time.monotonic()
     with transaction(factory) as session:
         # FOR UPDATE (PostgreSQL): should a second processor ever hold the same row, it waits here and
         # then finds the outcome set, instead of processing the message twice.
-        stored = session.scalars(select(RawMessage).options(defer(RawMessage.data)).with_for_update()
+        stored = session.scalars(select(RawMessage).with_for_update()
                                  .where(RawMessage.id == item.raw_id, RawMessage.outcome.is_(None))).first()
         if stored is None:
             return  # another processor finished it meanwhile
         # The reopen rule counts to the message's arrival: a reply that arrived on the last day of the
         # window reopens its case even if it waited in the queue past midnight. Everything else (events,
         # the acknowledgement and its rate limits) happens now.
-        result = settle(session, item.raw, stored, now=clock.now(), settings=settings, parsed=parsed,
+        result = settle(session, raw, stored, now=clock.now(), settings=settings, parsed=parsed,
                         give_up=give_up, arrived=arrived)
     log.info("message %s: %s case=%s (%s) in %.0f ms", result.message_id, result.outcome.value, result.case,
              result.reason, (time.monotonic() - started) * 1000)

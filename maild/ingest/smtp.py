@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from maild.ingest.pipeline import IngestResult
     from maild.ingest.queue import Queued
     from maild.ingest.queue_run import QueueRunner
+    from maild.ingest.spool import Spool
     from maild.ingest.workers import IntakePool
 
 log = logging.getLogger(__name__)
@@ -181,8 +182,10 @@ class IntakeHandler:
         return REPLY_RCPT_OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        data = envelope.original_content or b""
-        header = header_block(data)
+        spool: Spool | None = getattr(envelope, "spool", None)  # set by IntakeSMTP's DATA
+        large = spool is not None and not spool.in_memory
+        data = b"" if large else envelope.original_content or b""
+        header = header_block(spool.head() if spool is not None and large else data)
         message_id = sniff_message_id(header)
         if len(header) > MAX_HEADER_BYTES:
             log.warning("refused %s: header block of %d bytes", message_id, len(header))
@@ -194,10 +197,11 @@ class IntakeHandler:
         raw = RawMail(data=data, source="smtp", mail_from=envelope.mail_from,
                       rcpt_tos=tuple(envelope.rcpt_tos), peer=_peer_host(session.peer),
                       helo=session.host_name, tls=session.ssl is not None,
-                      received_at=clock.now())
+                      received_at=clock.now(), spool=spool if large else None)
         started = time.monotonic()
         if self.queue is not None and self.ingest_fn is None:
-            return await self._enqueue(raw, message_id, started)
+            return await self._enqueue(raw, message_id, started)  # a spooled message stays spooled
+        raw = raw.loaded()
         try:
             result = await self._ingest(raw)
         except Exception:

@@ -19,9 +19,10 @@ import socket
 import ssl
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, AnyStr
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import MISSING, SMTP, syntax
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
@@ -35,6 +36,7 @@ from maild.ingest.smtp import (
     IngestFn,
     IntakeHandler,
 )
+from maild.ingest.spool import Spool
 
 if TYPE_CHECKING:
     from maild.ingest.queue_run import QueueRunner
@@ -52,8 +54,9 @@ class IntakeSMTP(SMTP):
     """One SMTP session: aiosmtpd's protocol plus a registry, a connection cap and shutdown."""
 
     def __init__(self, handler: IntakeHandler, *, sessions: set[IntakeSMTP],
-                 max_connections: int, **kwargs: Any) -> None:
+                 max_connections: int, spool_dir: Path | None = None, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
+        self._spool_dir = spool_dir
         self._sessions = sessions
         self._max_connections = max_connections
         self.in_data = False  # between the DATA command and its reply: may finish on shutdown
@@ -79,14 +82,83 @@ class IntakeSMTP(SMTP):
         else:
             await super().push(status)
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         self.in_data = True
         try:
-            await super().smtp_DATA(arg)
+            await self._data(arg)
         finally:
             self.in_data = False
         if self.draining:
             self.goodbye(REPLY_SHUTDOWN)
+
+    async def _data(self, arg: str) -> None:
+        """aiosmtpd 1.4.6's DATA, with the lines written to a ``Spool`` instead of a list of them.
+
+        The same protocol to the byte: a line ends only at CRLF and only ``.`` CRLF after a complete
+        line ends the data (the 1.4.6 smuggling fix), a line over the stream limit or
+        ``line_length_limit`` is 500 and more than ``data_size_limit`` bytes is 552, both after the
+        data is read to its end and nothing of it kept; dots are unstuffed (RFC 5321 §4.5.2). Then
+        ``handle_DATA`` runs with ``envelope.spool`` set and ``original_content`` holding the bytes
+        when they stayed in memory (``maild.ingest.spool``). tests/test_smtp_spool.py holds the cases.
+        """
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        spool = Spool(self._spool_dir)
+        try:
+            refusal = await self._read_data(spool)
+        except BaseException:
+            spool.close()
+            raise
+        if refusal is not None:
+            spool.close()
+            await self.push(refusal)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        # Not closed here once handed on: a queue insert may still be reading it in a thread after
+        # this session went away; the file closes when the last reference goes.
+        self.envelope.spool = spool  # type: ignore[attr-defined]
+        if spool.in_memory:
+            self.envelope.original_content = self.envelope.content = spool.getvalue()
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_data(self, spool: Spool) -> str | None:
+        """Read DATA up to its lone dot into ``spool``; the refusal to send after it, or None."""
+        limit = self.data_size_limit
+        refusal: str | None = None
+        num_bytes = 0
+        pending = False  # a line over the stream limit is being drained in pieces
+        while self.transport is not None:  # pragma: nobranch
+            try:
+                line: bytes = await self._reader.readuntil(b"\r\n")
+            except asyncio.CancelledError:
+                log.info("connection lost during DATA")
+                self._writer.close()
+                raise
+            except asyncio.LimitOverrunError as exc:
+                refusal = refusal or "500 Line too long (see RFC5321 4.5.3.1.6)"
+                line = await self._reader.read(exc.consumed)
+            if not pending and line == b".\r\n":
+                return refusal
+            num_bytes += len(line)
+            if refusal is None and limit and num_bytes > limit:
+                refusal = "552 Error: Too much mail data"
+            pending = not line.endswith(b"\r\n")
+            if refusal is None and len(line) > self.line_length_limit:
+                refusal = "500 Line too long (see RFC5321 4.5.3.1.6)"
+            if refusal is None:
+                spool.write(memoryview(line)[1:] if line.startswith(b".") else line)
+        return refusal
 
     @property
     def peer(self) -> Any:
@@ -161,6 +233,7 @@ async def start_server(factory: sessionmaker[DbSession], settings: Settings, *,
         return IntakeSMTP(
             handler, sessions=sessions, max_connections=max_connections,
             data_size_limit=settings.smtp.max_message_size, enable_SMTPUTF8=True,
+            spool_dir=settings.data_dir / "spool",
             decode_data=False, hostname=hostname, ident=IDENT, tls_context=tls,
             require_starttls=settings.smtp.require_tls, timeout=settings.smtp.data_timeout,
             auth_exclude_mechanism=("LOGIN", "PLAIN"), loop=loop)
