@@ -159,3 +159,26 @@ def test_a_bare_lf_dot_in_spooled_data_does_not_end_it(sqlite_desk: Desk) -> Non
         rows = s.scalars(select(RawMessage)).all()
         assert len(rows) == 1 and smuggled in rows[0].data
     assert [c["subject"] for c in desk.cases()] == ["Smuggling check"]
+
+
+def test_a_large_message_the_scan_trips_on_is_read_whole_and_the_queue_goes_on(
+        desk: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Review finding: an exception other than Unsplittable out of the scan stalled the queue for good
+    # (attempts given back, the same row claimed again). Now the message is read whole instead.
+    from helpers import mt
+
+    from maild.ingest.queue import enqueue_batch, process_pending
+    from maild.ingest.raw import RawMail
+
+    def broken(*args: object, **kwargs: object) -> tuple[bytes, bigmail.Whole]:
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+
+    monkeypatch.setattr(bigmail, "split", broken)
+    big = big_mail(payload(4_500_000))
+    raws = [RawMail(data=data, source="smtp", mail_from="peter@initech.example", rcpt_tos=("support@example.com",),
+                    received_at=mt(2026, 11, 20, 10, 5)) for data in (big, build_mail(subject="Behind it"))]
+    enqueue_batch(desk.factory, raws)
+    assert process_pending(desk.factory, desk.settings) == 2
+    assert sorted(c["subject"] for c in desk.cases()) == ["Behind it", "Capture of the outage"]
+    with transaction(desk.factory) as s:
+        assert s.scalars(select(AttachmentRow.size)).all() == [4_500_000]

@@ -36,6 +36,7 @@ LARGE = 4 << 20  # stored messages bigger than this are read through ``split``
 HOLD = 256 << 10  # an attachment body longer than this is held out of the skeleton
 MAX_HEADER = 1 << 20  # a part header block longer than this: the message is read whole
 _NOT_B64 = re.compile(rb"[^A-Za-z0-9+/=]")
+_ENCODINGS = ("base64", "quoted-printable", "7bit", "8bit", "binary", "")
 _HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")  # email.feedparser's headerRE
 
 
@@ -76,53 +77,63 @@ class Whole:
 
 
 class _Decoder:
-    """A part's body, line by line, decoded into a temporary file. The line break before the next
-    delimiter belongs to the delimiter (RFC 2046 §5.1.1), so each line's break is written only once
-    the next line arrives."""
+    """A part's body, line by line, decoded into a temporary file.
+
+    Each line is decoded when the next one arrives: the line break before the next delimiter
+    belongs to the delimiter (RFC 2046 §5.1.1), so the last line is decoded without it. Base64 that
+    mail-parser would read differently (padding inside the data, a missing padding) raises
+    Unsplittable, and the message is read whole instead.
+    """
 
     def __init__(self, encoding: str, directory: Path | None) -> None:
         self.encoding = encoding
         self.file = temp_file(directory)
         self.hash = hashlib.sha256()
         self.size = 0
+        self._pending: bytes | None = None
         self._tail = b""  # base64 characters not yet a multiple of four
-        self._eol = b""  # the previous line's break, written when another line follows
+        self._padded = False
+
+    def feed(self, line: bytes) -> None:
+        if self._pending is not None:
+            self._out(self._decode(self._pending))
+        self._pending = line
+
+    def finish(self) -> tuple[int, str]:
+        if self._pending is not None:
+            last = self._pending
+            self._out(self._decode(last[:-2] if last.endswith(b"\r\n") else last.removesuffix(b"\n")))
+        if self._tail:
+            raise Unsplittable("base64 that does not end on a whole quantum")
+        self.file.flush()
+        return self.size, self.hash.hexdigest()
+
+    def _decode(self, line: bytes) -> bytes:
+        if self.encoding == "quoted-printable":
+            return binascii.a2b_qp(line)  # line by line is the same: a soft break ends its own line
+        if self.encoding != "base64":
+            return line
+        chars = _NOT_B64.sub(b"", line)
+        pad = chars.find(b"=")
+        if self._padded and chars.strip(b"="):
+            raise Unsplittable("base64 data after its padding")
+        if pad >= 0:
+            if chars[pad:].strip(b"="):
+                raise Unsplittable("base64 padding inside the data")
+            self._padded = True
+        chars = self._tail + chars
+        cut = len(chars) // 4 * 4
+        self._tail = chars[cut:]
+        try:
+            return binascii.a2b_base64(chars[:cut])
+        except binascii.Error as exc:
+            raise Unsplittable(f"base64 the parser reads otherwise: {exc}") from exc
 
     def _out(self, data: bytes) -> None:
         if data:
             self.hash.update(data)
             self.size += len(data)
             self.file.write(data)
-
-    def feed(self, line: bytes) -> None:
-        if self.encoding == "base64":
-            chars = self._tail + _NOT_B64.sub(b"", line)
-            cut = len(chars) // 4 * 4
-            self._tail = chars[cut:]
-            self._out(_b64(chars[:cut]))
-            return
-        body = line.rstrip(b"\r\n")
-        self._out(self._eol)
-        self._eol = line[len(body):]
-        if self.encoding == "quoted-printable":
-            if body.endswith(b"="):  # a soft line break: the line goes on
-                body, self._eol = body[:-1], b""
-            self._out(binascii.a2b_qp(body))
-            return
-        self._out(body)
-
-    def finish(self) -> tuple[int, str]:
-        if self._tail:
-            self._out(_b64(self._tail + b"=" * (-len(self._tail) % 4)))
-        self.file.flush()
-        return self.size, self.hash.hexdigest()
-
-
-def _b64(chars: bytes) -> bytes:
-    try:
-        return binascii.a2b_base64(chars)
-    except binascii.Error:  # junk or bad padding: what can be read is kept, as the stdlib does
-        return b""
 
 
 class _Part:
@@ -163,10 +174,19 @@ def _filename(block: bytes) -> str:
 
 
 def _holdable(headers: Message) -> bool:
-    """What mail-parser also takes as an attachment: an inline text part with a file name is body text."""
+    """What mail-parser also takes as an attachment (an inline text part with a file name is body
+    text), in a transfer encoding decoded here."""
+    if str(headers.get("content-transfer-encoding", "")).strip().lower() not in _ENCODINGS:
+        return False  # x-uuencode and the like: mail-parser's reading stays
     if headers.get_content_disposition() == "attachment":
         return True
     return bool(headers.get_filename()) and headers.get_content_maintype() != "text"
+
+
+def _attached(headers: Message) -> bool:
+    """A container mail-parser extracts whole, children and all (its ``blocks_inline``)."""
+    disposition = headers.get_content_disposition()
+    return disposition not in (None, "inline") or (disposition != "inline" and bool(headers.get_filename()))
 
 
 def split(chunks: Iterable[bytes], directory: Path | None = None, hold: int = HOLD) -> tuple[bytes, Whole]:
@@ -195,11 +215,21 @@ class _Splitter:
         self.held: list[HeldPart] = []
         self.size = 0
         self.longest = 0
+        # Nothing is held out below an attached container or an enclosed message: mail-parser
+        # extracts those whole, held-out children included. The stack depth at which that began.
+        self.frozen_at: int | None = None
 
     def line(self, line: bytes) -> None:
         self.size += len(line)
         self.longest = max(self.longest, len(line.rstrip(b"\r\n")))
+        cr = line.find(b"\r")
+        if cr >= 0 and not (cr == len(line) - 2 and line.endswith(b"\n")):
+            raise Unsplittable("a lone CR, which the parser takes as a line break")
         if self.in_headers:
+            if self.stack and self._match(line) is not None:  # a part that ends inside its headers
+                self._end_headers(b"")
+                self._delimiter(line)
+                return
             self._header_line(line)
         elif not self._delimiter(line):
             self._body_line(line)
@@ -227,36 +257,53 @@ class _Splitter:
         headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
         self.in_headers = False
         kind = headers.get_content_type()
-        if self.lead and kind.split("/")[0] not in ("multipart", "message") and _holdable(headers):
+        container = kind.split("/")[0] in ("multipart", "message")
+        if self.lead and not container and self.frozen_at is None and _holdable(headers):
             self.part = _Part([*self.lead, block, line], headers)
             self.lead = []
             return
         self.out += b"".join(self.lead) + block + line
         self.lead = []
-        if kind.startswith("multipart/") and headers.get_boundary():
-            self.stack.append(headers.get_boundary(failobj="").encode("utf-8", "surrogateescape").rstrip())
+        if self.frozen_at is None and container and (kind.startswith("message/") or _attached(headers)):
+            self.frozen_at = len(self.stack)
+        boundary = headers.get_boundary()
+        if kind.startswith("multipart/") and boundary:
+            try:
+                self.stack.append(boundary.encode("utf-8", "surrogateescape").rstrip())
+            except UnicodeEncodeError as exc:
+                raise Unsplittable("a boundary that is not text") from exc
         elif kind in ("message/rfc822", "message/global"):
             self.stack.append(None)
             self.in_headers = True  # the enclosed message's own header block follows
 
-    def _delimiter(self, line: bytes) -> bool:
-        if not line.startswith(b"--") or not self.stack or len(line) > 1000:
-            return False
+    def _match(self, line: bytes) -> tuple[int, bool] | None:
+        """(stack index, closing) of the open boundary ``line`` delimits, as email.feedparser's
+        boundary pattern matches it; None when it is no delimiter."""
+        if not line.startswith(b"--") or not self.stack:
+            return None
         marker = line[2:].rstrip(b"\r\n").rstrip(b" \t")
         for i in range(len(self.stack) - 1, -1, -1):
             boundary = self.stack[i]
-            if boundary is None or not marker.startswith(boundary) or marker[len(boundary):] not in (b"", b"--"):
-                continue
-            self._end_part()
-            del self.stack[i + 1:]
-            if marker[len(boundary):] == b"--":
-                self.stack.pop()
-                self.out += line
-            else:
-                self.lead = [line]
-                self.in_headers = True
-            return True
-        return False
+            if boundary is not None and marker.startswith(boundary) and marker[len(boundary):] in (b"", b"--"):
+                return i, marker[len(boundary):] == b"--"
+        return None
+
+    def _delimiter(self, line: bytes) -> bool:
+        found = self._match(line)
+        if found is None:
+            return False
+        index, closing = found
+        self._end_part()
+        del self.stack[index + 1:]
+        if closing:
+            self.stack.pop()
+            self.out += line
+        else:
+            self.lead = [line]
+            self.in_headers = True
+        if self.frozen_at is not None and len(self.stack) <= self.frozen_at:
+            self.frozen_at = None
+        return True
 
     def _body_line(self, line: bytes) -> None:
         part = self.part

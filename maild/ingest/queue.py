@@ -282,8 +282,9 @@ def _read_large(factory: sessionmaker[Session], settings: Settings, item: _Claim
     try:
         data, whole = bigmail.split(blobio.read(engine, table, "data", item.raw_id, item.size),
                                     settings.data_dir / "spool")
-    except bigmail.Unsplittable as exc:
-        log.info("raw-%d is read whole: %s", item.raw_id, exc)
+    except Exception as exc:  # Unsplittable, or a shape the scan trips on: the parser gets it whole
+        level = logging.INFO if isinstance(exc, bigmail.Unsplittable) else logging.WARNING
+        log.log(level, "raw-%d is read whole: %s", item.raw_id, exc, exc_info=level == logging.WARNING)
         return replace(item.raw, data=b"".join(blobio.read(engine, table, "data", item.raw_id, item.size)),
                        whole=None)
     return replace(item.raw, data=data, whole=whole)
