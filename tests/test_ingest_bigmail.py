@@ -172,3 +172,17 @@ def test_mime_shapes_read_the_same_held_out_or_whole(name: str) -> None:
 def test_what_the_scan_cannot_read_as_the_parser_does_is_declined(name: str, data: bytes) -> None:
     with pytest.raises(bigmail.Unsplittable):
         bigmail.split([data], hold=64)
+
+
+def test_the_limits_read_a_large_message_line_by_line_with_the_same_answers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Over 1 MiB the limits walk the lines one at a time instead of splitting them all at once.
+    deep = b"".join(b"Content-Type: multipart/mixed; boundary=d%d\r\n\r\n--d%d\r\n" % (i, i) for i in range(30))
+    data = b"Subject: x\r\n" + deep + TEXT + b"y" * 2_000_000 + b"\r\n" + pdf()
+    tight = limits.Limits(max_depth=20, max_line=1_999_999)
+    assert len(data) > limits._SPLIT_AT_ONCE
+    one_by_one = (limits.check(data, tight), limits.mime_shape(data, 100, 1000))
+    monkeypatch.setattr(limits, "_SPLIT_AT_ONCE", len(data))
+    assert one_by_one == (limits.check(data, tight), limits.mime_shape(data, 100, 1000))
+    assert one_by_one[0] == "limit: a line of 2000001 octets exceeds 1999999"
+    assert one_by_one[1][0] == 30

@@ -14,6 +14,7 @@ import socket
 import time
 from email import policy
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 from helpers import Desk, build_mail
@@ -41,6 +42,20 @@ def payload(size: int) -> bytes:
     return hashlib.shake_256(b"capture").digest(size)
 
 
+def spy_on_split(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many attachments each read of a large message held out, one entry a read."""
+    splits: list[int] = []
+    real_split = bigmail.split
+
+    def spy(*args: object, **kwargs: object) -> tuple[bytes, bigmail.Whole]:
+        skeleton, whole = real_split(*args, **kwargs)  # type: ignore[arg-type]
+        splits.append(len(whole.held))
+        return skeleton, whole
+
+    monkeypatch.setattr(bigmail, "split", spy)
+    return splits
+
+
 def send(port: int, data: bytes) -> tuple[int, bytes]:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
         smtp.ehlo("client.example")
@@ -60,15 +75,7 @@ def wait_processed(desk: Desk) -> None:
 def test_a_large_message_is_kept_byte_exact_and_its_attachment_decoded_into_the_case(
         desk: Desk, queued: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blobio, "PG_PIECE", 1 << 20)  # PostgreSQL builds the value in several appends
-    splits: list[int] = []  # how many attachments each read of a large stored message held out
-
-    def spy(*args: object, **kwargs: object) -> tuple[bytes, bigmail.Whole]:
-        skeleton, whole = real_split(*args, **kwargs)  # type: ignore[arg-type]
-        splits.append(len(whole.held))
-        return skeleton, whole
-
-    real_split = bigmail.split
-    monkeypatch.setattr(bigmail, "split", spy)
+    splits = spy_on_split(monkeypatch)
     attachment = payload(4_500_000)
     data = big_mail(attachment)
     assert len(data) > bigmail.LARGE and len(data) > spool.MEMORY
@@ -93,8 +100,8 @@ def test_a_large_message_is_kept_byte_exact_and_its_attachment_decoded_into_the_
         assert s.get(Blob, att.sha256).data == attachment
     assert [c["subject"] for c in desk.cases()] == ["Capture of the outage"]
     assert [i.template for i in desk.outbox()] == ["ack_new_case"]
-    # the queue reads it in pieces; without the queue the listener's path reads it whole, as before
-    assert splits == ([1] if queued else [])
+    # the queue reads it from the store in pieces; without the queue it is read from memory, also held out
+    assert splits == [1]
 
 
 def test_a_large_copy_sent_twice_is_one_message(desk: Desk) -> None:
@@ -182,3 +189,23 @@ def test_a_large_message_the_scan_trips_on_is_read_whole_and_the_queue_goes_on(
     assert sorted(c["subject"] for c in desk.cases()) == ["Behind it", "Capture of the outage"]
     with transaction(desk.factory) as s:
         assert s.scalars(select(AttachmentRow.size)).all() == [4_500_000]
+
+
+def test_maild_ingest_of_a_large_file_keeps_it_whole_and_holds_out_its_attachment(
+        desk: Desk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # IMAP and `maild ingest` have the bytes in memory already; the parse still holds the big part out.
+    splits = spy_on_split(monkeypatch)
+    attachment = payload(4_500_000)
+    data = big_mail(attachment, mid="<big-file@initech.example>")
+    path = tmp_path / "big.eml"
+    path.write_bytes(data)
+    code, out, _ = desk.cli("ingest", str(path))
+    assert code == 0 and '"outcome": "new-case"' in out
+    with transaction(desk.factory) as s:
+        row = s.scalars(select(RawMessage)).one()
+        assert row.data == data and row.sha256 == hashlib.sha256(data).hexdigest()
+        att = s.scalars(select(AttachmentRow)).one()
+        assert att.sha256 == hashlib.sha256(attachment).hexdigest() and s.get(Blob, att.sha256).data == attachment
+        message = s.scalars(select(CaseMessage).where(CaseMessage.raw_id == row.id)).one()
+        assert ".hidden line one" in message.text
+    assert splits == [1]

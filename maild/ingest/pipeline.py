@@ -15,14 +15,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from maild import clock, macd
+from maild import blobio, clock, macd
 from maild.cases import add_inbound, follow_duplicates, open_case, record_event, set_status
 from maild.config import Settings
 from maild.db import transaction
@@ -30,13 +30,14 @@ from maild.directory import contact_by_email, primary_mpocs
 from maild.enums import HoldReason, Outcome, Status
 from maild.escalation import escalate, wants_escalation
 from maild.faults import fault_point
-from maild.ingest import authorize, bounces, headers, limits
+from maild.ingest import authorize, bigmail, bounces, headers, limits
 from maild.ingest.parse import Inbound, ParseError, parse
 from maild.ingest.raw import RawMail
 from maild.ingest.screen import ScreenContext, no_ack_reason, screen
+from maild.ingest.spool import pieces
 from maild.lifecycle import CaseState, Decision, decide
 from maild.mail import alert_staff, send
-from maild.models import Case, HeldMessage, Organisation, RawMessage
+from maild.models import Case, HeldMessage, Organisation, RawBody, RawMessage
 from maild.outbound.ratelimit import allow_automatic
 from maild.outbound.sender import wake as wake_sender
 from maild.scheduler import mark_once
@@ -109,9 +110,23 @@ def preparse(raw: RawMail, settings: Settings) -> Parsed:
     if limits.check(raw.data, limits.limits_for(settings), raw.whole) is not None:
         return None  # process holds it without parsing (rule 7)
     try:
-        return parse(raw)
+        return parse(_held_out(raw, settings))
     except Exception as exc:
         return exc
+
+
+def _held_out(raw: RawMail, settings: Settings) -> RawMail:
+    """A large message already in memory (IMAP, ``maild ingest``, SMTP without the queue) is read as
+    its skeleton too: the parser's copies of its big attachments are what cost (``bigmail``). Only
+    the reading: ``ingest`` stores the bytes as they came."""
+    if raw.whole is not None or raw.spool is not None or len(raw.data) <= bigmail.LARGE:
+        return raw
+    try:
+        data, whole = bigmail.split(pieces(raw.data), settings.data_dir / "spool")
+    except Exception as exc:  # read whole, as any small message is
+        log.info("message of %d bytes is read whole: %s", len(raw.data), exc)
+        return raw
+    return replace(raw, data=data, whole=whole, digests=(raw.sha256, raw.envelope_key))
 
 
 def ingest(session: Session, raw: RawMail, *, now: datetime, settings: Settings,
@@ -169,10 +184,15 @@ def store_raw(session: Session, raw: RawMail, now: datetime,
                                       f"same message already received (raw #{existing.id})")
     stored = RawMessage(envelope_key=key, sha256=raw.sha256, source=raw.source, source_key=raw.source_key,
                         mail_from=raw.mail_from, rcpt_tos=list(raw.rcpt_tos), peer=raw.peer, helo=raw.helo,
-                        tls=raw.tls, received_at=raw.received_at or now, size=len(raw.data), data=raw.data,
-                        message_id=message_id)
+                        tls=raw.tls, received_at=raw.received_at or now, size=len(raw.data),
+                        data=b"" if len(raw.data) > bigmail.LARGE else raw.data, message_id=message_id)
     session.add(stored)
     session.flush()
+    if len(raw.data) > bigmail.LARGE:  # in pieces: sqlite3 would copy the value whole, and SQLite again
+        bodies = cast(Table, RawBody.__table__)
+        blobio.write(session.connection(), bodies, "data", bodies.c.id == stored.id, pieces(raw.data),
+                     len(raw.data))
+        session.expire(stored.body, ["data"])
     return stored, None
 
 

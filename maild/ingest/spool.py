@@ -30,6 +30,13 @@ def temp_file(directory: Path | None) -> IO[bytes]:
     return tempfile.TemporaryFile(dir=directory)
 
 
+def pieces(data: bytes | bytearray, size: int = CHUNK) -> Iterator[bytes]:
+    """``data`` in ``size``-byte copies, for writers that take pieces (``maild.blobio``)."""
+    view = memoryview(data)
+    for pos in range(0, len(view), size):
+        yield bytes(view[pos:pos + size])
+
+
 class Spool:
     """The bytes of one message, written in order and read back in chunks."""
 
@@ -72,9 +79,7 @@ class Spool:
 
     def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
         if self._file is None:
-            view = memoryview(self._buffer)
-            for pos in range(0, len(view), size):
-                yield bytes(view[pos:pos + size])
+            yield from pieces(self._buffer, size)
             return
         self._file.flush()
         fd = self._file.fileno()
