@@ -15,6 +15,7 @@ live under the system temp directory (pytest's own tmp tree is mode 0700 and clo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import grp
 import os
@@ -70,10 +71,20 @@ def require(what: str, reason: str) -> NoReturn:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different such ports. Asked one after another, the kernel may hand out the same
+    port twice (it was free again once the first probe closed): Dovecot then refused to start with
+    "duplicate listener". All probes stay bound until every port is chosen."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((HOST, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 @dataclass(frozen=True)
@@ -428,8 +439,7 @@ class DovecotServer(LocalServer):
         (self.root / "users").touch(mode=0o644)
         self._pool = [(f"u{secrets.token_hex(5)}", secrets.token_hex(8)) for _ in range(self.pool_size)]
         self._write_users(self._pool)
-        self.port = free_port()
-        self.tls_port = free_port() if self.tls else 0
+        self.port, self.tls_port = free_ports(2) if self.tls else (free_port(), 0)
         ssl_files = self._make_cert() if self.tls else ""
         conf = DOVECOT_CONF.format(
             version=self.version, host=HOST, root=self.root, port=self.port, tls_port=self.tls_port,
