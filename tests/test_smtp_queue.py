@@ -17,7 +17,7 @@ from conftest import REPO
 from faultlib import MaildProcess, free_port
 from helpers import Desk, build_mail, mt, send_burst_mail, write_config
 from servers import CaptureRelay
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from maild import clock
 from maild.db import transaction
@@ -212,21 +212,26 @@ def test_copies_within_one_batch_and_across_batches_are_one_row(desk: Desk) -> N
             (ids[0][0], 2), (ids[1][0], 0)]
 
 
+@pytest.mark.parametrize("refusal", ["python", "sql"])
 def test_one_message_that_cannot_be_queued_leaves_the_rest_of_its_batch(
-        desk: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+        desk: Desk, monkeypatch: pytest.MonkeyPatch, refusal: str) -> None:
     # The store refuses one message of a group commit: that one gets its error (a 451), the others
-    # are committed and processed.
+    # are committed and processed. "sql": a statement fails, which aborts a PostgreSQL transaction;
+    # the batch is rolled back and each message tried on its own.
     raws = [smtp_raw(build_mail(subject=f"Batch {n}", message_id=f"<bq{n}@i.example>"), n) for n in range(3)]
     real = queue._insert_all
 
     def refusing(session: Any, batch: Any) -> Any:
         if raws[1] in batch:
+            if refusal == "sql":
+                session.connection().execute(text("INSERT INTO raw_bodies (id, data) VALUES (NULL, NULL)"))
             raise RuntimeError("disk says no")
         return real(session, batch)
 
     monkeypatch.setattr(queue, "_insert_all", refusing)
     results = enqueue_batch(desk.factory, raws)
-    assert [type(r).__name__ for r in results] == ["Queued", "RuntimeError", "Queued"]
+    assert [type(r).__name__ for r in results] == ["Queued", "IntegrityError" if refusal == "sql" else "RuntimeError",
+                                                   "Queued"]
     process_pending(desk.factory, desk.settings)
     assert sorted(c["subject"] for c in desk.cases()) == ["Batch 0", "Batch 2"]
 
