@@ -209,3 +209,33 @@ def test_maild_ingest_of_a_large_file_keeps_it_whole_and_holds_out_its_attachmen
         message = s.scalars(select(CaseMessage).where(CaseMessage.raw_id == row.id)).one()
         assert ".hidden line one" in message.text
     assert splits == [1]
+
+
+def test_a_spool_that_cannot_be_written_is_a_452_after_the_data_and_the_session_goes_on(
+        sqlite_desk: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The disk fills while a large message is spooled: the rest of its data is read and dropped (not
+    # taken as commands), the client hears 452 (it retries later), and the next message is taken.
+    desk = sqlite_desk
+    real_write = spool.Spool.write
+
+    def full(self: spool.Spool, data: bytes | bytearray | memoryview) -> None:
+        if self.size > spool.MEMORY:
+            raise OSError(28, "No space left on device")
+        real_write(self, data)
+
+    monkeypatch.setattr(spool.Spool, "write", full)
+    big = big_mail(payload(3_000_000)).replace(b"\r\n\r\n", b"\r\n\r\nRCPT TO:<evil@attacker.example>\r\n", 2)
+    intake = make_controller(desk.factory, desk.settings, listen="127.0.0.1:0", queue=True).start()
+    try:
+        with smtplib.SMTP("127.0.0.1", intake.port, timeout=30) as smtp:
+            smtp.ehlo("client.example")
+            replies = []
+            for data in (big, build_mail(subject="After the full disk")):
+                smtp.mail("peter@initech.example")
+                smtp.rcpt("support@example.com")
+                replies.append(smtp.data(data)[0])
+        wait_processed(desk)
+    finally:
+        intake.stop(grace=10)
+    assert replies == [452, 250]
+    assert [c["subject"] for c in desk.cases()] == ["After the full disk"]

@@ -31,6 +31,7 @@ from maild.ingest.smtp import (
     IDENT,
     MAX_CONNECTIONS,
     REPLY_BUSY,
+    REPLY_NO_STORAGE,
     REPLY_SHUTDOWN,
     REPLY_TOO_BIG,
     IngestFn,
@@ -157,7 +158,12 @@ class IntakeSMTP(SMTP):
             if refusal is None and len(line) > self.line_length_limit:
                 refusal = "500 Line too long (see RFC5321 4.5.3.1.6)"
             if refusal is None:
-                spool.write(memoryview(line)[1:] if line.startswith(b".") else line)
+                try:
+                    spool.write(memoryview(line)[1:] if line.startswith(b".") else line)
+                except OSError as exc:  # the spool directory is full or gone: 452 once the data is read,
+                    # never an exception here, which would leave the rest of the data to be read as commands
+                    log.error("cannot spool DATA from %s: %s; answering 452 after it", self.peer, exc)
+                    refusal = REPLY_NO_STORAGE
         return refusal
 
     @property
