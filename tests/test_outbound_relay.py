@@ -64,3 +64,20 @@ def test_address_with_crlf_is_refused_before_any_command(relay: CaptureRelay) ->
     with pytest.raises(PermanentFailure, match="unsafe"):
         client(relay).deliver(Mail("a@acme.example>\r\nRCPT TO:<victim@evil.example"))
     assert relay.messages == [] and relay.refused == []
+
+
+def test_a_kept_connection_ended_at_mail_sends_on_a_new_one_at_once(relay: CaptureRelay) -> None:
+    # Relays end a connection after so many messages with 421 at MAIL: nothing of the message went
+    # out, so it goes at once on a new connection instead of waiting for its back-off.
+    sender = client(relay)
+    sender.deliver(Mail("a@acme.example"))  # the connection is kept for the next one
+    relay.fail_next(1, "421 4.7.0 too many messages in this connection", at="MAIL")
+    sender.deliver(Mail("b@acme.example"))
+    assert [m.rcpt_tos for m in relay.messages] == [("a@acme.example",), ("b@acme.example",)]
+    # A fresh connection refused the same way is the relay's answer: temporary, no loop.
+    sender.close()
+    relay.fail_next(1, "421 4.7.0 too many messages in this connection", at="MAIL")
+    with pytest.raises(TemporaryFailure, match="421"):
+        sender.deliver(Mail("c@acme.example"))
+    sender.close()
+    assert len(relay.messages) == 2

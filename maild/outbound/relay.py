@@ -149,20 +149,20 @@ class Relay:
             raise TemporaryFailure(f"relay unreachable: {exc}") from None
         log.info("relay accepted %s for %s", item.message_id, rcpt)
 
-    def _session(self) -> smtplib.SMTP:
-        """The kept connection if it still answers NOOP, else a new one."""
+    def _session(self) -> tuple[smtplib.SMTP, bool]:
+        """The kept connection if it still answers NOOP (and True), else a new one (and False)."""
         smtp, self._kept = self._kept, None
         if smtp is not None:
             try:
                 if smtp.noop()[0] == 250:
-                    return smtp
+                    return smtp, True
             except (smtplib.SMTPException, OSError):
                 pass
             smtp.close()
-        return self.connect()
+        return self.connect(), False
 
-    def _deliver(self, sender: str, rcpt: str, data: bytes) -> None:
-        smtp = self._session()
+    def _deliver(self, sender: str, rcpt: str, data: bytes, *, fresh: bool = False) -> None:
+        smtp, reused = (self.connect(), False) if fresh else self._session()
         try:
             options: list[str] = []
             if not rcpt.isascii():
@@ -170,6 +170,16 @@ class Relay:
                     raise PermanentFailure(f"relay lacks SMTPUTF8 for {rcpt!r}")
                 options.append("SMTPUTF8")
             smtp.sendmail(sender, [rcpt], data, mail_options=options)
+        except smtplib.SMTPSenderRefused as exc:
+            _quit(smtp)
+            if reused and exc.smtp_code == 421:
+                # A relay that ends a connection after so many messages (Postfix, Exim limits) says so
+                # at MAIL, before any of the message went out: a new connection takes it now instead
+                # of the row waiting for its back-off.
+                log.info("relay closed a kept connection at MAIL (%s); sending on a new one", exc.smtp_code)
+                self._deliver(sender, rcpt, data, fresh=True)
+                return
+            raise
         except BaseException:
             _quit(smtp)  # after any trouble the session's state is unknown: start afresh next time
             raise
