@@ -239,3 +239,19 @@ def test_a_spool_that_cannot_be_written_is_a_452_after_the_data_and_the_session_
         intake.stop(grace=10)
     assert replies == [452, 250]
     assert [c["subject"] for c in desk.cases()] == ["After the full disk"]
+
+
+@pytest.mark.parametrize("memory", [1 << 20, 10], ids=["in-memory", "in-a-file"])
+def test_a_spool_gives_back_what_was_written(tmp_path: Path, memory: int) -> None:
+    lines = [b"Subject: s\r\n", b"\r\n"] + [b"%05d line of the body\r\n" % n for n in range(2000)]
+    box = spool.Spool(tmp_path / "spool", memory=memory)
+    for line in lines:
+        box.write(line)
+    data = b"".join(lines)
+    assert box.in_memory is (memory > len(data))
+    assert (box.size, box.hash.hexdigest()) == (len(data), hashlib.sha256(data).hexdigest())
+    assert box.getvalue() == data and b"".join(box.chunks(1000)) == data
+    assert data.startswith(box.head()) and len(box.head()) == min(len(data), spool.HEAD)
+    # an unnamed file (the directory made only when needed): nothing to clean up after a crash
+    assert list((tmp_path / "spool").iterdir()) == [] if memory < len(data) else not (tmp_path / "spool").exists()
+    box.close()
