@@ -175,7 +175,10 @@ def test_a_large_message_the_scan_trips_on_is_read_whole_and_the_queue_goes_on(
     from maild.ingest.queue import enqueue_batch, process_pending
     from maild.ingest.raw import RawMail
 
+    calls: list[int] = []
+
     def broken(*args: object, **kwargs: object) -> tuple[bytes, bigmail.Whole]:
+        calls.append(1)
         raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
 
     monkeypatch.setattr(bigmail, "split", broken)
@@ -185,6 +188,7 @@ def test_a_large_message_the_scan_trips_on_is_read_whole_and_the_queue_goes_on(
     enqueue_batch(desk.factory, raws)
     assert process_pending(desk.factory, desk.settings) == 2
     assert sorted(c["subject"] for c in desk.cases()) == ["Behind it", "Capture of the outage"]
+    assert calls == [1]  # read whole once the scan failed, not scanned again from memory
     with transaction(desk.factory) as s:
         assert s.scalars(select(AttachmentRow.size)).all() == [4_500_000]
 
