@@ -67,9 +67,11 @@ def read(engine: Engine, table: Table, column: str, row_id: int, size: int,
             raw.close()
         return
     col = table.c[column]
+    # Larger slices on PostgreSQL: a compressed value is decompressed from its start for every slice.
+    step = max(chunk, PG_PIECE)
     with engine.connect() as conn:
-        for pos in range(0, size, chunk):
-            piece = conn.scalar(select(func.substring(col, pos + 1, chunk)).where(table.c.id == row_id))
+        for pos in range(0, size, step):
+            piece = conn.scalar(select(func.substring(col, pos + 1, step)).where(table.c.id == row_id))
             if not piece:
                 return
             yield bytes(piece)
