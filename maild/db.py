@@ -21,13 +21,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The newest revision in maild/migrations/versions (tests/test_core_migrations.py keeps them equal).
+# A store already there starts without loading Alembic: 11 MiB and about 0.1 s at every start and
+# every CLI command.
+SCHEMA_HEAD = "0005"
 
 
 DEFAULT_BUSY_TIMEOUT_MS = 10_000
@@ -204,9 +209,21 @@ def _alembic_config(engine: Engine) -> Any:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision (``maild init`` and every start call this)."""
+    if schema_revision(engine) == SCHEMA_HEAD:
+        return
     from alembic import command
 
     command.upgrade(_alembic_config(engine), "head")
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The store's Alembic revision; None for a new store (or one Alembic never stamped)."""
+    try:
+        with engine.connect() as conn:
+            versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except DBAPIError:  # no alembic_version table yet
+        return None
+    return versions[0] if len(versions) == 1 else None
 
 
 def open_store(url: str) -> tuple[Engine, sessionmaker[Session]]:

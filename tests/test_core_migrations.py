@@ -3,10 +3,17 @@
 
 from __future__ import annotations
 
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
+import subprocess
+import sys
 
-from maild.db import make_engine, migrate
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+
+from maild.db import MIGRATIONS, SCHEMA_HEAD, _alembic_config, make_engine, migrate, schema_revision
 from maild.models import Base
 
 
@@ -25,4 +32,34 @@ def test_migrate_twice_is_a_no_op(store_url: str) -> None:
     engine = make_engine(store_url)
     migrate(engine)
     migrate(engine)
+    engine.dispose()
+
+
+def test_schema_head_names_the_newest_revision() -> None:
+    # migrate() skips Alembic when the store is at SCHEMA_HEAD: a new revision must move it too.
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_heads() == [SCHEMA_HEAD]
+
+
+def test_a_store_at_head_starts_without_loading_alembic(store_url: str) -> None:
+    engine = make_engine(store_url)
+    migrate(engine)
+    engine.dispose()
+    code = ("import sys; from maild.db import open_store; engine, _ = open_store(sys.argv[1]); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))")
+    out = subprocess.run([sys.executable, "-c", code, store_url], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_store_behind_is_brought_to_head(store_url: str) -> None:
+    engine = make_engine(store_url)
+    assert schema_revision(engine) is None  # a new store
+    migrate(engine)
+    command.downgrade(_alembic_config(engine), "0004")
+    assert schema_revision(engine) == "0004"
+    assert "raw_bodies" not in inspect(engine).get_table_names()
+    migrate(engine)
+    assert schema_revision(engine) == SCHEMA_HEAD
+    assert "raw_bodies" in inspect(engine).get_table_names()
     engine.dispose()
