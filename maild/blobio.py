@@ -67,7 +67,8 @@ def read(engine: Engine, table: Table, column: str, row_id: int, size: int,
             raw.close()
         return
     col = table.c[column]
-    # Larger slices on PostgreSQL: a compressed value is decompressed from its start for every slice.
+    # Larger slices on PostgreSQL: a compressed value is decompressed from its start for every slice
+    # (raw bodies are stored uncompressed since migration 0006; older ones and blobs may not be).
     step = max(chunk, PG_PIECE)
     with engine.connect() as conn:
         for pos in range(0, size, step):
