@@ -39,8 +39,14 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
                                        "target": "< 2"},
         "tick_s_at_largest": {"value": largest["tick_s"], "target": "< 1"},
     }
-    out["intake_ratio_at_8"]["met"] = out["intake_ratio_at_8"]["value"] >= 0.5
-    out["p99_data_250_ms_at_8"]["met"] = out["p99_data_250_ms_at_8"]["value"] < 100
+    if "postgresql" in at8:  # the same two targets for the other store, when it was measured
+        out["intake_ratio_at_8_postgresql"] = {"value": at8["postgresql"]["ratio_to_fsync"], "target": ">= 0.5"}
+        out["p99_data_250_ms_at_8_postgresql"] = {"value": at8["postgresql"]["data_250_p99_ms"], "target": "< 100"}
+    for key, row in out.items():
+        if key.startswith("intake_ratio_at_8"):
+            row["met"] = row["value"] >= 0.5
+        elif key.startswith("p99_data_250_ms_at_8"):
+            row["met"] = row["value"] < 100
     out["replies_right"]["met"] = threads["right"] == threads["replies"]
     out["lookup_ratio_largest_to_1k"]["met"] = out["lookup_ratio_largest_to_1k"]["value"] <= 2
     out["peak_rss_over_size_limit"]["met"] = large["peak_over_size_limit"] < 2
