@@ -24,8 +24,8 @@ from datetime import datetime, timedelta
 from email.headerregistry import Address
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, bindparam, null, or_, select, update
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy import CursorResult, bindparam, func, null, or_, select, update
+from sqlalchemy.orm import Session, defer, object_session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from maild.config import Settings
@@ -282,11 +282,22 @@ def claim_due(session: Session, now: datetime, limit: int, lease: timedelta) -> 
     )
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
-    items = list(session.scalars(stmt))
+    # Without the bytes: a row with attachments can hold up to the size limit (the sender reads
+    # them row by row, just before delivery; ``stored_sizes`` tells which rows have them).
+    items = list(session.scalars(stmt.options(defer(OutboxItem.data))))
     for item in items:
         item.claimed_until = now + lease
     session.flush()
     return items
+
+
+def stored_sizes(session: Session, ids: Sequence[int]) -> dict[int, int]:
+    """The length of the stored bytes of each of ``ids`` that has them (rows without: drafts)."""
+    if not ids:
+        return {}
+    rows = session.execute(select(OutboxItem.id, func.length(OutboxItem.data))
+                           .where(OutboxItem.id.in_(ids), OutboxItem.data.is_not(None)))
+    return {row_id: size for row_id, size in rows}
 
 
 def outbox_json(item: OutboxItem) -> dict[str, Any]:

@@ -21,20 +21,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Engine, Table, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from maild import blobio
 from maild.config import Settings
 from maild.db import transaction
 from maild.enums import OutboxStatus
 from maild.faults import fault_point
 from maild.models import CaseEvent, OutboxItem, Staff
 from maild.outbound.compose import Draft, compose_draft
-from maild.outbound.outbox import claim_due, queue_mail, store_bytes
+from maild.outbound.outbox import claim_due, queue_mail, store_bytes, stored_sizes
 from maild.outbound.relay import Deliverable, PermanentFailure, Relay, TemporaryFailure
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,19 @@ ALERT_TEMPLATE = "staff_alert"
 
 @dataclass(frozen=True)
 class Claimed:
-    """A claimed row's snapshot: what delivery needs, usable after its session closed."""
+    """A claimed row's snapshot: what delivery needs, usable after its session closed.
+
+    ``data`` is None for bytes stored before the claim (mail with attachments, up to the size
+    limit): they are read just before their delivery, so a sender batch holds one such mail at a
+    time, not twenty.
+    """
 
     id: int
     to_addr: str
-    data: bytes
+    data: bytes | None
     message_id: str
     attempts: int
+    size: int = 0
 
 
 def lease_for(settings: Settings) -> timedelta:
@@ -95,7 +102,8 @@ def send_due(
         while len(actions) < limit and time.monotonic() - started <= half_lease:
             with transaction(factory) as session:
                 rows = claim_due(session, now, min(CLAIM_BATCH, limit - len(actions)), lease_for(settings))
-                drafts = [_Snapshot.of(row) for row in rows]
+                sizes = stored_sizes(session, [row.id for row in rows])
+                drafts = [_Snapshot.of(row, sizes.get(row.id)) for row in rows]
             if not drafts:
                 break
             for item in _compose_and_store(factory, settings, drafts, now):
@@ -118,17 +126,17 @@ class _Snapshot:
 
     id: int
     to_addr: str
-    data: bytes | None
+    stored: int | None  # the length of the bytes stored, None for a draft
     pending: dict[str, Any] | None
     message_id: str
     attempts: int
 
     @classmethod
-    def of(cls, row: OutboxItem) -> _Snapshot:
-        return cls(row.id, row.to_addr, row.data, row.pending, row.message_id, row.attempts)
+    def of(cls, row: OutboxItem, stored: int | None) -> _Snapshot:
+        return cls(row.id, row.to_addr, stored, row.pending, row.message_id, row.attempts)
 
-    def claimed(self, data: bytes) -> Claimed:
-        return Claimed(self.id, self.to_addr, data, self.message_id, self.attempts)
+    def claimed(self, data: bytes | None) -> Claimed:
+        return Claimed(self.id, self.to_addr, data, self.message_id, self.attempts, self.stored or 0)
 
 
 def _compose_and_store(factory: sessionmaker[Session], settings: Settings, drafts: list[_Snapshot],
@@ -138,13 +146,13 @@ def _compose_and_store(factory: sessionmaker[Session], settings: Settings, draft
     be composed fails its row alone: one bad row must not stop every row queued after it."""
     composed: dict[int, bytes | Exception] = {}
     for draft in drafts:
-        if draft.data is None:
+        if draft.stored is None:
             try:
                 composed[draft.id] = compose_draft(settings, Draft.from_json(draft.pending or {}))
             except Exception as exc:  # whatever compose raised on this row's stored inputs
                 log.exception("outbox %s to %s: cannot compose the mail", draft.id, draft.to_addr)
                 composed[draft.id] = exc
-    ready: dict[int, Claimed | dict[str, Any]] = {d.id: d.claimed(d.data) for d in drafts if d.data is not None}
+    ready: dict[int, Claimed | dict[str, Any]] = {d.id: d.claimed(None) for d in drafts if d.stored is not None}
     if composed:
         with transaction(factory) as session:
             for draft in drafts:
@@ -161,12 +169,24 @@ def _deliver_one(factory: sessionmaker[Session], settings: Settings, relay: Rela
                  now: datetime) -> dict[str, Any]:
     error: Exception | None = None
     try:
+        if item.data is None:  # stored bytes, read only now: one large mail in memory at a time
+            item = replace(item, data=_read_stored(factory, item))
         relay.deliver(_AsDeliverable(item))
         fault_point("after_send_before_mark")  # tests only (MAILD_FAULT): relayed, row not yet marked
     except (TemporaryFailure, PermanentFailure) as exc:
         error = exc
     with transaction(factory) as session:
         return record(session, settings, item, error, now)
+
+
+def _read_stored(factory: sessionmaker[Session], item: Claimed) -> bytes:
+    """A claimed row's stored bytes, read in one piece outside any transaction (maild.blobio)."""
+    engine = cast(Engine, factory.kw["bind"])
+    table = cast(Table, OutboxItem.__table__)
+    data = b"".join(blobio.read(engine, table, "data", item.id, item.size, chunk=max(item.size, 1)))
+    if len(data) != item.size:
+        raise PermanentFailure(f"the stored mail was {item.size} bytes at the claim and is {len(data)} now")
+    return data
 
 
 @dataclass(frozen=True)
@@ -179,6 +199,7 @@ class _AsDeliverable:
 
     @property
     def data(self) -> bytes:
+        assert self.item.data is not None
         return self.item.data
 
     @property
