@@ -48,6 +48,11 @@ class SmtpSettings:
     shutdown_grace: int = 20
     # Intake worker processes (maild.ingest.workers); 0 runs intake in threads of the daemon itself.
     processes: int = 0
+    # Seconds queued mail may take to process (a message that hangs the parser or a driver): one
+    # message with processes = 0, past which the daemon drains SMTP and exits 70 for its supervisor
+    # to restart it; one run of up to 16 messages in a worker, which is then killed. Either way the
+    # message is quarantined after 3 such runs.
+    process_timeout: int = 300
     # true: answer 250 once the raw message is committed and process it right after, oldest first
     # (maild.ingest.queue); false: process it before answering (the 250 names the case).
     queue: bool = True
@@ -311,6 +316,8 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"[smtp] listen: expected host:port, got {s.smtp.listen!r}")
     if not 0 <= s.smtp.processes <= 64:
         raise ConfigError(f"[smtp] processes: expected 0 to 64, got {s.smtp.processes}")
+    if not 1 <= s.smtp.process_timeout <= 86400:
+        raise ConfigError(f"[smtp] process_timeout: expected 1 to 86400 seconds, got {s.smtp.process_timeout}")
     if s.relay.security not in ("none", "starttls", "tls"):
         raise ConfigError(f"[relay] security: expected none, starttls or tls, got {s.relay.security!r}")
     if "@" not in s.intake.address:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from maild import clock
 from maild.config import Settings
 from maild.db import open_store
+from maild.ingest.queue import busy as queue_busy
 from maild.ingest.queue_run import make_runner
 from maild.ingest.smtp import IngestFn
 from maild.ingest.smtp_server import start_server
@@ -161,6 +163,25 @@ def _intake_pool(settings: Settings) -> IntakePool | None:
     return pool
 
 
+EXIT_STUCK = 70  # EX_SOFTWARE: a message hung processing in the daemon's own thread
+
+
+def _stuck(settings: Settings) -> str | None:
+    """Why the daemon must restart: a message processed in its own thread (``[smtp] processes = 0``)
+    for longer than ``[smtp] process_timeout``. A thread cannot be stopped, and it may hold SQLite's
+    write lock; the restart counts the message's attempt, and after 3 it is quarantined unparsed."""
+    busy = queue_busy()
+    if busy is None:
+        return None
+    raw_id, since = busy
+    waited = time.monotonic() - since
+    if waited <= settings.smtp.process_timeout:
+        return None
+    return (f"processing raw-{raw_id} has not finished in {waited:.0f} s ([smtp] process_timeout = "
+            f"{settings.smtp.process_timeout}); draining SMTP and exiting {EXIT_STUCK} for the supervisor to "
+            "restart maild (the message is quarantined after 3 such runs)")
+
+
 async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threading.Event,
                  ingest_fn: IngestFn | None) -> int:
     loop = asyncio.get_running_loop()
@@ -186,19 +207,25 @@ async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threa
     notify(f"READY=1\nSTATUS=accepting mail on {settings.smtp.listen}")
     interval = watchdog_interval()
     dog = asyncio.create_task(_watchdog(interval)) if interval else None
+    stuck: str | None = None
     try:
         while not stop.is_set():
             await asyncio.sleep(0.1)
+            if queue is not None and pool is None and (stuck := _stuck(settings)) is not None:
+                log.critical("%s", stuck)
+                break
         log.info("stopping: draining SMTP sessions for up to %ss", settings.smtp.shutdown_grace)
         notify("STOPPING=1\nSTATUS=draining")
         deadline = time.monotonic() + settings.smtp.shutdown_grace  # one budget for DATA and the queue
         await server.shutdown(settings.smtp.shutdown_grace)
-        if queue is not None:  # what is still queued then waits for the next start
+        if queue is not None and stuck is None:  # what is still queued then waits for the next start
             await queue.stop(max(0.0, deadline - time.monotonic()))
         if pool is not None:
             await asyncio.to_thread(pool.close)
+        # After a hang the stuck thread may hold SQLite's write lock, which the jobs' next steps need.
+        join = settings.smtp.shutdown_grace if stuck is None else 1.0
         for thread in workers:
-            await asyncio.to_thread(thread.join, settings.smtp.shutdown_grace)
+            await asyncio.to_thread(thread.join, join)
             if thread.is_alive():
                 log.warning("%s still busy at exit", thread.name)
     finally:
@@ -207,6 +234,12 @@ async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threa
             dog.cancel()
         for sig in signals:
             loop.remove_signal_handler(sig)
+    if stuck is not None:
+        # The hung thread can be neither stopped nor joined (asyncio.run would wait for it for ever):
+        # leave now. Its transaction dies with the process; the 250s given were all committed.
+        log.info("maild stopped (exit %d)", EXIT_STUCK)
+        logging.shutdown()
+        os._exit(EXIT_STUCK)
     return 0
 
 

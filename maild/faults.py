@@ -11,19 +11,29 @@ because no ``finally``, no rollback and no reply may run, exactly as after a cra
 - ``after_send_before_mark`` (sender): the relay said 250, the row is not yet marked sent: it is sent
   again, with the same Message-ID, once its claim lease ends (at-least-once, STYLE §5).
 - ``after_fetch`` and ``after_commit_before_move`` (IMAP poller).
+
+``fault_hang(name)`` instead blocks its thread for good, as a message that hangs the parser would:
+- ``processing_hangs`` (queue): inside the message's transaction, holding SQLite's write lock.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 ENV = "MAILD_FAULT"
 POINTS = frozenset({"before_commit", "after_commit_before_reply", "after_send_before_mark",
-                    "after_fetch", "after_commit_before_move"})  # fmt: skip
+                    "after_fetch", "after_commit_before_move", "processing_hangs"})  # fmt: skip
 
 
 def fault_point(name: str) -> None:
     """Die at once with SIGKILL if ``MAILD_FAULT`` names this point; otherwise return."""
     if os.environ.get(ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fault_hang(name: str) -> None:
+    """Block this thread for good if ``MAILD_FAULT`` names this point; otherwise return."""
+    while os.environ.get(ENV) == name:
+        time.sleep(3600)

@@ -41,6 +41,9 @@ def test_config_error_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixtur
     cfg.write_text("[relay]\nprot = 25\n")
     assert main(["--config", str(cfg), "cases", "list"]) == 1
     assert "unknown setting [relay] prot" in capsys.readouterr().err
+    cfg.write_text("[smtp]\nprocess_timeout = 0\n")
+    assert main(["--config", str(cfg), "cases", "list"]) == 1
+    assert "[smtp] process_timeout: expected 1 to 86400 seconds, got 0" in capsys.readouterr().err
 
 
 def test_env_overrides_config(tmp_path: Path) -> None:

@@ -260,3 +260,47 @@ def test_a_worker_that_hangs_is_killed_and_the_next_run_gets_a_fresh_one(tmp_pat
     while not _gone(first) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _gone(first), "the hung worker is still running"
+
+
+def test_a_message_that_hangs_processing_in_the_daemon_restarts_it_until_quarantined(
+        tmp_path: Path, relay: CaptureRelay) -> None:
+    # processes = 0: a message that hangs the parser hangs a thread of the daemon itself, holding
+    # SQLite's write lock. Past [smtp] process_timeout the daemon drains SMTP and exits 70, and its
+    # supervisor (systemd's Restart=on-failure) starts it again. Each run counts an attempt; after the
+    # third the message is quarantined unparsed and the desk takes mail again.
+    port = free_port()
+    cfg = write_config(tmp_path, database_url=f"sqlite:///{tmp_path}/maild.db", relay_port=relay.port,
+                       extra=f'[smtp]\nlisten = "127.0.0.1:{port}"\nprocess_timeout = 1\n')
+    desk = Desk(cfg)
+    desk.import_directory(REPO / "examples" / "directory.toml")
+    proc = MaildProcess(cfg, port, tmp_path / "maild.log")
+    ledger = Ledger()
+    poison = ledger.mail(1, sender="Anna <anna@acme.example>")
+    try:
+        proc.start(fault="processing_hangs")
+        assert ledger.record(poison, smtp_send(port, ledger, poison, mail_from="anna@acme.example")) == 250
+        for run in range(3):
+            if run:
+                proc.start(fault="processing_hangs")  # the supervisor's restart
+            assert proc.wait(30) == 70
+        log = proc.log.read_text()
+        assert log.count("processing raw-1 has not finished") == 3, log[-3000:]
+        assert desk.cases() == []
+
+        # The fourth run quarantines it without parsing it (the fault is off now, so parsing it would
+        # have opened a case) and goes on with new mail.
+        proc.start()
+        later = ledger.mail(2, sender="Anna <anna@acme.example>")
+        assert ledger.record(later, smtp_send(port, ledger, later, mail_from="anna@acme.example")) == 250
+        [ack] = relay.wait_for(1, timeout=30)
+        assert ack.rcpt_tos == ("anna@acme.example",)
+        assert [c["subject"] for c in desk.cases()] == ["Fault test 2"]
+        assert desk.cli_json("queue")["queued"] == 0
+        [held] = desk.cli_json("held", "list", "--json")
+        assert (held["raw"], held["reason"]) == (1, "unprocessable")
+        assert held["detail"].startswith("processing was begun 3 times and never finished")
+        assert proc.stop() == 0
+    finally:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.kill()
+        desk.close()

@@ -44,7 +44,7 @@ from sqlalchemy.sql import ColumnElement
 from maild import blobio, clock
 from maild.config import Settings
 from maild.db import open_lock_file, transaction
-from maild.faults import fault_point
+from maild.faults import fault_hang, fault_point
 from maild.ingest import bigmail
 from maild.ingest.raw import RawMail, from_stored
 from maild.models import RawBody, RawMessage
@@ -328,8 +328,28 @@ def _give_back(factory: sessionmaker[Session], raw_ids: list[int]) -> None:
         log.warning("could not give back the processing attempts of %d queued messages: %s", len(raw_ids), exc)
 
 
+# The message this process is working on, and since when (time.monotonic()); None between messages.
+# The daemon reads it to notice a message that hangs processing in its own thread (processes = 0).
+_BUSY: tuple[int, float] | None = None
+
+
+def busy() -> tuple[int, float] | None:
+    """The raw id of the message this process is processing and when it began; None if none."""
+    return _BUSY
+
+
 def _process_one(factory: sessionmaker[Session], settings: Settings, item: _Claimed,
                  stamp: IntakeStamp | None) -> None:
+    global _BUSY
+    _BUSY = (item.raw_id, time.monotonic())
+    try:
+        _process_claimed(factory, settings, item, stamp)
+    finally:
+        _BUSY = None
+
+
+def _process_claimed(factory: sessionmaker[Session], settings: Settings, item: _Claimed,
+                     stamp: IntakeStamp | None) -> None:
     from maild.ingest.pipeline import preparse, settle
 
     give_up = None
@@ -354,6 +374,8 @@ def _process_one(factory: sessionmaker[Session], settings: Settings, item: _Clai
                                  .where(RawMessage.id == item.raw_id, RawMessage.outcome.is_(None))).first()
         if stored is None:
             return  # another processor finished it meanwhile
+        if give_up is None:
+            fault_hang("processing_hangs")  # tests only (MAILD_FAULT): the message hangs processing
         # The reopen rule counts to the message's arrival: a reply that arrived on the last day of the
         # window reopens its case even if it waited in the queue past midnight. Everything else (events,
         # the acknowledgement and its rate limits) happens now.

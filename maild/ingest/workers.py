@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PARENT_CHECK_SECONDS = 1.0
-PROCESS_TIMEOUT = 300.0  # seconds one run of the queue may take in a worker before the worker is killed
 WARM_UP_SECONDS = 60.0
 _STATE: tuple[Engine, sessionmaker[Session], Settings] | None = None
 
@@ -139,11 +138,11 @@ class IntakePool:
     async def process_pending(self) -> int:
         """The queue's next messages, processed in a worker (a queue runs one such call at a time).
 
-        A call that runs past ``PROCESS_TIMEOUT`` (a message that hangs the parser or a driver) has its
+        A call that runs past ``[smtp] process_timeout`` (a message that hangs the parser or a driver) has its
         worker killed: the messages it held stay queued with their attempt counted, so one that hangs
         every time is quarantined after ``MAX_ATTEMPTS``, and the queue goes on.
         """
-        return await self._submit(_process_pending, timeout=PROCESS_TIMEOUT)
+        return await self._submit(_process_pending, timeout=float(self.settings.smtp.process_timeout))
 
     async def _submit(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         from maild.outbound.sender import wake
