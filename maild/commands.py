@@ -12,11 +12,11 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from maild import clock, config
 from maild.cases import case_detail_json, case_json
-from maild.db import open_store, transaction
+from maild.db import open_store, reading, transaction
 from maild.directory import DirectoryError, import_records, read_file
 from maild.enums import Status
 from maild.held import HeldError, accept_held, drop_held, held_json
@@ -127,7 +127,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
     if args.process:  # what the daemon's queue runner does, here and now (the daemon may be stopped)
         while taken := queue.process_pending(factory, settings):
             processed += taken
-    with transaction(factory) as session:
+    with reading(factory) as session:
         report = queue.status(session)
     emit({**report, "processed": processed} if args.process else report)
     return 0
@@ -147,7 +147,7 @@ def cmd_directory_import(args: argparse.Namespace) -> int:
 
 def cmd_directory_list(args: argparse.Namespace) -> int:
     settings = settings_of(args)
-    with transaction(store(settings)) as session:
+    with reading(store(settings)) as session:
         for org in session.scalars(select(Organisation).order_by(Organisation.name)):
             emit({"organisation": org.name, "locale": org.locale, "products": org.products,
                   "domains": sorted(d.domain for d in org.domains), "timezone": org.timezone})
@@ -170,7 +170,7 @@ def cmd_cases_list(args: argparse.Namespace) -> int:
             query = query.where(Case.status == Status(args.status).value)
         except ValueError:
             raise StaffError(f"unknown status {args.status!r} (one of: {', '.join(s.value for s in Status)})") from None
-    with transaction(store(settings)) as session:
+    with reading(store(settings)) as session:
         if args.org:
             org = session.scalar(select(Organisation).where(Organisation.name == args.org))
             if org is None:
@@ -188,7 +188,7 @@ def cmd_cases_list(args: argparse.Namespace) -> int:
 
 def cmd_cases_show(args: argparse.Namespace) -> int:
     settings = settings_of(args)
-    with transaction(store(settings)) as session:
+    with reading(store(settings)) as session:
         case = get_case(session, args.number)
         detail = case_detail_json(session, case)
         detail["billing"] = billing(session, case)
@@ -272,7 +272,7 @@ def cmd_held_list(args: argparse.Namespace) -> int:
     query = select(HeldMessage).order_by(HeldMessage.id)
     if not args.all:
         query = query.where(HeldMessage.status == "held")
-    with transaction(store(settings)) as session:
+    with reading(store(settings)) as session:
         rows = [held_json(h) for h in session.scalars(query)]
     if args.json:
         print(json.dumps(rows, ensure_ascii=False))
@@ -311,8 +311,9 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
     from maild.outbound.outbox import outbox_json
 
     settings = settings_of(args)
-    with transaction(store(settings)) as session:
-        rows = [outbox_json(i) for i in session.scalars(select(OutboxItem).order_by(OutboxItem.id))]
+    with reading(store(settings)) as session:  # the rows' bytes stay in the store
+        rows = [outbox_json(i) for i in session.scalars(select(OutboxItem).order_by(OutboxItem.id)
+                                                        .options(defer(OutboxItem.data, raiseload=True)))]
     if args.status:
         rows = [r for r in rows if r["status"] == args.status]
     if args.json:

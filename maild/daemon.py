@@ -6,7 +6,9 @@ loop stops the pings and systemd restarts maild. Each periodic job runs in its o
 relay delays neither intake nor the scheduler, and an exception in one job is logged and the job
 runs again at its next turn. SIGTERM/SIGINT (or ``stop_event``): stop accepting, let in-flight
 DATA finish within ``[smtp] shutdown_grace``, answer ``421`` to the rest (RELIABILITY D9), let
-each job finish its current call, exit 0.
+each job finish its current call, exit 0. A message that hangs processing in the daemon's own thread
+(``[smtp] processes = 0``) past ``[smtp] process_timeout``, or past the drain when stopping, makes it
+exit 70 at once (``os._exit``: the thread can be neither stopped nor joined).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from maild import clock
 from maild.config import Settings
 from maild.db import open_store
 from maild.ingest.queue import busy as queue_busy
-from maild.ingest.queue_run import make_runner
+from maild.ingest.queue_run import QueueRunner, make_runner
 from maild.ingest.smtp import IngestFn
 from maild.ingest.smtp_server import start_server
 from maild.ingest.workers import IntakePool
@@ -164,6 +166,7 @@ def _intake_pool(settings: Settings) -> IntakePool | None:
 
 
 EXIT_STUCK = 70  # EX_SOFTWARE: a message hung processing in the daemon's own thread
+STOP_MARGIN = 10.0  # seconds past shutdown_grace for the queue's run under way to end
 
 
 def _stuck(settings: Settings) -> str | None:
@@ -180,6 +183,23 @@ def _stuck(settings: Settings) -> str | None:
     return (f"processing raw-{raw_id} has not finished in {waited:.0f} s ([smtp] process_timeout = "
             f"{settings.smtp.process_timeout}); draining SMTP and exiting {EXIT_STUCK} for the supervisor to "
             "restart maild (the message is quarantined after 3 such runs)")
+
+
+async def _stop_queue(queue: QueueRunner, grace: float, in_thread: bool) -> str | None:
+    """Stop the queue's runner; why the daemon must exit at once instead, if a message in its own
+    thread outlasts the grace (plus a margin for the run under way): it would never be joined."""
+    if not in_thread:
+        await queue.stop(grace)  # a worker past [smtp] process_timeout is killed
+        return None
+    try:
+        await asyncio.wait_for(queue.stop(grace), grace + STOP_MARGIN)
+    except TimeoutError:
+        busy = queue_busy()
+        why = (f"processing raw-{busy[0]} did not finish while stopping" if busy is not None
+               else "the queue's run did not finish while stopping")
+        log.error("%s; exiting %d without it (the message is processed again at the next start)", why, EXIT_STUCK)
+        return why
+    return None
 
 
 async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threading.Event,
@@ -219,7 +239,7 @@ async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threa
         deadline = time.monotonic() + settings.smtp.shutdown_grace  # one budget for DATA and the queue
         await server.shutdown(settings.smtp.shutdown_grace)
         if queue is not None and stuck is None:  # what is still queued then waits for the next start
-            await queue.stop(max(0.0, deadline - time.monotonic()))
+            stuck = await _stop_queue(queue, max(0.0, deadline - time.monotonic()), pool is None)
         if pool is not None:
             await asyncio.to_thread(pool.close)
         # After a hang the stuck thread may hold SQLite's write lock, which the jobs' next steps need.

@@ -19,11 +19,10 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,8 @@ def make_engine(url: str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> 
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A reading() unit begins deferred: in WAL mode it never waits for, nor blocks, a writer.
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
 
         return engine
     engine = create_engine(url, pool_pre_ping=True)
@@ -198,6 +198,27 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
             session.close()
 
 
+_READ_ONLY = "maild_read_only"
+
+
+@contextmanager
+def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A unit that only reads (the CLI's lists and views): one consistent snapshot, rolled back.
+
+    On SQLite it neither takes the write lock nor waits for it, so an operator can look at the queue
+    or a case while the daemon commits, or while a message hangs holding the lock. Anything it would
+    change is a programming error: it raises instead of being silently rolled back."""
+    bind = cast(Engine, factory.kw["bind"])
+    session = factory(bind=bind.execution_options(**{_READ_ONLY: True}), autoflush=False)
+    try:
+        yield session
+        if session.new or session.dirty or session.deleted:
+            raise RuntimeError("a read-only unit of work changed objects")
+    finally:
+        session.rollback()
+        session.close()
+
+
 def _alembic_config(engine: Engine) -> Any:
     from alembic.config import Config
 
@@ -216,13 +237,30 @@ def migrate(engine: Engine) -> None:
     command.upgrade(_alembic_config(engine), "head")
 
 
+_HAS_VERSION_TABLE = {
+    "sqlite": "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'",
+    "postgresql": "SELECT count(*) FROM information_schema.tables "
+                  "WHERE table_name = 'alembic_version' AND table_schema = current_schema()",
+}
+
+
 def schema_revision(engine: Engine) -> str | None:
-    """The store's Alembic revision; None for a new store (or one Alembic never stamped)."""
+    """The store's Alembic revision; None for a new store (or one Alembic never stamped).
+
+    Read on the DB-API connection: on SQLite a SQLAlchemy transaction would begin with ``BEGIN
+    IMMEDIATE`` and wait for the write lock just to read one row. Any error but a missing table is
+    raised, not taken for a new store."""
+    raw = engine.raw_connection()
     try:
-        with engine.connect() as conn:
-            versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-    except DBAPIError:  # no alembic_version table yet
-        return None
+        cursor = raw.cursor()
+        cursor.execute(_HAS_VERSION_TABLE[engine.dialect.name])
+        row = cursor.fetchone()
+        if not row or not row[0]:
+            return None
+        cursor.execute("SELECT version_num FROM alembic_version")
+        versions = [str(r[0]) for r in cursor.fetchall()]
+    finally:
+        raw.close()  # back to the pool, rolled back
     return versions[0] if len(versions) == 1 else None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import mailbox
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,22 @@ def test_walk_new_user_quick_path(tmp_path: Path) -> None:
                           capture_output=True, text=True, check=True)
     case = json.loads(proc.stdout)[0]
     assert (case["priority"], case["status"]) == ("P4", "new")
+
+
+def test_views_answer_while_another_process_holds_the_write_lock(sqlite_desk: Desk) -> None:
+    # The lists and views only read: an operator can look at the queue, cases, held mail and the
+    # outbox while the daemon commits (or while a message hangs holding SQLite's write lock).
+    sqlite_desk.ingest(build_mail(sender="Anna <anna@acme.example>"))
+    writer = sqlite3.connect(sqlite_desk.settings.database_url.split("///", 1)[1], isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        assert sqlite_desk.cli_json("queue")["queued"] == 0
+        assert [c["number"] for c in sqlite_desk.cli_json("cases", "list", "--json")] == [1]
+        assert sqlite_desk.cli_json("cases", "show", "1", "--json")["requester"] == "anna@acme.example"
+        assert sqlite_desk.cli_json("held", "list", "--json") == []
+        assert [r["template"] for r in sqlite_desk.cli_json("outbox", "list", "--json")] == ["ack_new_case"]
+        code, _, err = sqlite_desk.cli("directory", "list")
+        assert code == 0, err
+    finally:
+        writer.rollback()
+        writer.close()

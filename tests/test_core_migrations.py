@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -63,3 +65,22 @@ def test_a_store_behind_is_brought_to_head(store_url: str) -> None:
     assert schema_revision(engine) == SCHEMA_HEAD
     assert "raw_bodies" in inspect(engine).get_table_names()
     engine.dispose()
+
+
+def test_a_store_at_head_opens_while_another_writer_holds_sqlite_s_lock(tmp_path: Path) -> None:
+    # Checking the revision only reads: a CLI command or a start while the daemon is writing neither
+    # waits for the write lock nor mistakes "database is locked" for a new store.
+    url = f"sqlite:///{tmp_path}/maild.db"
+    engine = make_engine(url)
+    migrate(engine)
+    engine.dispose()
+    writer = sqlite3.connect(tmp_path / "maild.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        engine = make_engine(url, busy_timeout_ms=500)
+        assert schema_revision(engine) == SCHEMA_HEAD
+        migrate(engine)  # a no-op: it raised "database is locked" when the check took the lock
+        engine.dispose()
+    finally:
+        writer.rollback()
+        writer.close()

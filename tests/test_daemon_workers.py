@@ -304,3 +304,31 @@ def test_a_message_that_hangs_processing_in_the_daemon_restarts_it_until_quarant
         if proc.proc is not None and proc.proc.poll() is None:
             proc.kill()
         desk.close()
+
+
+def test_stopping_while_a_message_hangs_processing_exits_without_waiting_for_it(
+        tmp_path: Path, relay: CaptureRelay) -> None:
+    # SIGTERM (systemctl stop/restart) while a message hangs the daemon's own processing thread:
+    # SMTP drains, and the daemon exits 70 after shutdown_grace plus a margin instead of waiting for
+    # the thread for ever (systemd would SIGKILL it after TimeoutStopSec).
+    port = free_port()
+    cfg = write_config(tmp_path, database_url=f"sqlite:///{tmp_path}/maild.db", relay_port=relay.port,
+                       extra=f'[smtp]\nlisten = "127.0.0.1:{port}"\nshutdown_grace = 1\n')
+    desk = Desk(cfg)
+    desk.import_directory(REPO / "examples" / "directory.toml")
+    proc = MaildProcess(cfg, port, tmp_path / "maild.log")
+    ledger = Ledger()
+    poison = ledger.mail(1, sender="Anna <anna@acme.example>")
+    try:
+        proc.start(fault="processing_hangs")
+        assert ledger.record(poison, smtp_send(port, ledger, poison, mail_from="anna@acme.example")) == 250
+        deadline = time.monotonic() + 10
+        while desk.cli_json("queue")["begun_before"] != 1:  # claimed (attempt counted), now hanging
+            assert time.monotonic() < deadline, "the message was never claimed"
+            time.sleep(0.1)
+        assert proc.stop() == 70
+        assert "processing raw-1 did not finish while stopping" in proc.log.read_text()
+    finally:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.kill()
+        desk.close()

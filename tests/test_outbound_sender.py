@@ -3,15 +3,19 @@
 
 from __future__ import annotations
 
+import re
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from servers import CaptureRelay
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
+import maild.blobio
 import maild.db
 from maild.config import RelaySettings, SecuritySettings, Settings
 from maild.models import Case, CaseEvent, OutboxItem, Staff
@@ -44,13 +48,15 @@ def fast(settings: Settings) -> Relay:
     return Relay(settings, connect_wait=0)
 
 
-def queue_ack(factory: sessionmaker[Session], settings: Settings, to: list[str] | None = None) -> list[int]:
+def queue_ack(factory: sessionmaker[Session], settings: Settings, to: list[str] | None = None,
+              attachments: list[tuple[str, str, bytes]] | None = None) -> list[int]:
     with maild.db.transaction(factory) as s:
         case = Case(subject="Phones down", requester=CUSTOMER, created_at=NOW, updated_at=NOW)
         s.add(case)
         s.flush()
         items = queue_mail(s, settings, template="ack_new_case", locale="en",
-                           to=[("", a) for a in (to or [CUSTOMER])], context={}, now=NOW, case=case)  # fmt: skip
+                           to=[("", a) for a in (to or [CUSTOMER])], context={}, now=NOW, case=case,
+                           attachments=attachments or ())  # fmt: skip
         s.flush()
         return [i.id for i in items]
 
@@ -228,3 +234,55 @@ def test_a_refused_mail_does_not_spoil_the_connection_for_the_next(factory: sess
         STAFF: "sent"}
     assert sorted(m.rcpt_tos[0] for m in relay.messages if m.rcpt_tos[0].startswith("user")) == [
         "user0@acme.example", "user2@acme.example"]
+
+
+LOG = ("trace.log", "text/plain", b"12:00:01 link down\n" * 200)
+
+
+def test_a_stored_mail_that_cannot_be_read_is_deferred_and_the_rest_go(
+    factory: sessionmaker[Session], settings: Settings, relay: CaptureRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Mail with attachments is stored composed and read just before its delivery. If that read fails
+    # (the store has an I/O error), the row is deferred like a relay's 4xx, not left claimed with
+    # the rest of its batch behind it.
+    to = ["a@acme.example", "b@acme.example", "c@acme.example"]
+    ids = queue_ack(factory, settings, to=to, attachments=[LOG])
+    real = maild.blobio.read
+
+    def failing(engine: Any, table: Any, column: str, row_id: int, *args: Any, **kwargs: Any) -> Any:
+        if row_id == ids[1]:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(engine, table, column, row_id, *args, **kwargs)
+
+    monkeypatch.setattr(maild.blobio, "read", failing)
+    actions = send_due(factory, settings, NOW, relay=fast(settings))
+    assert [(a["to"], a["action"]) for a in actions] == [(to[0], "sent"), (to[1], "retry"), (to[2], "sent")]
+    assert "cannot read the stored mail" in actions[1]["error"]
+    assert sorted(m.rcpt_tos[0] for m in relay.wait_for(2)) == [to[0], to[2]]
+    monkeypatch.undo()
+    later = row(factory, ids[1]).next_attempt_at
+    assert [a["action"] for a in send_due(factory, settings, later, relay=fast(settings))] == ["sent"]
+    [attachment] = relay.wait_for(3)[2].message.iter_attachments()
+    assert attachment.get_content().encode() == LOG[2]
+
+
+def test_stored_mail_is_read_once_per_delivery(
+    factory: sessionmaker[Session], settings: Settings, relay: CaptureRelay
+) -> None:
+    # The claim and the record of the outcome leave the bytes alone; only the read before delivery
+    # takes them (so a large mail is in memory once, and never read under the write lock).
+    queue_ack(factory, settings, to=["a@acme.example", "b@acme.example"], attachments=[LOG])
+    engine = factory.kw["bind"]
+    selected: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if re.search(r"outbox\.data(,|\s+FROM)", statement):
+            selected.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert [a["action"] for a in send_due(factory, settings, NOW, relay=fast(settings))] == ["sent", "sent"]
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert selected == []
+    assert len(relay.wait_for(2)) == 2

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Engine, Table, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from maild import blobio
 from maild.config import Settings
@@ -175,6 +175,7 @@ def _deliver_one(factory: sessionmaker[Session], settings: Settings, relay: Rela
         fault_point("after_send_before_mark")  # tests only (MAILD_FAULT): relayed, row not yet marked
     except (TemporaryFailure, PermanentFailure) as exc:
         error = exc
+    item = replace(item, data=None)  # the bytes are not needed to record the outcome
     with transaction(factory) as session:
         return record(session, settings, item, error, now)
 
@@ -183,7 +184,11 @@ def _read_stored(factory: sessionmaker[Session], item: Claimed) -> bytes:
     """A claimed row's stored bytes, read in one piece outside any transaction (maild.blobio)."""
     engine = cast(Engine, factory.kw["bind"])
     table = cast(Table, OutboxItem.__table__)
-    data = b"".join(blobio.read(engine, table, "data", item.id, item.size, chunk=max(item.size, 1)))
+    try:
+        data = b"".join(blobio.read(engine, table, "data", item.id, item.size, chunk=max(item.size, 1)))
+    except Exception as exc:  # the store is down or failing: this attempt is deferred like a relay's 4xx
+        log.warning("outbox %s: cannot read the stored mail: %s", item.id, exc)
+        raise TemporaryFailure(f"cannot read the stored mail: {type(exc).__name__}: {exc}") from exc
     if len(data) != item.size:
         raise PermanentFailure(f"the stored mail was {item.size} bytes at the claim and is {len(data)} now")
     return data
@@ -211,7 +216,7 @@ def record(
     session: Session, settings: Settings, claimed: Claimed, error: Exception | None, now: datetime
 ) -> dict[str, Any]:
     """Write the outcome of one delivery attempt to its row (in the caller's transaction)."""
-    row = session.get(OutboxItem, claimed.id)
+    row = session.get(OutboxItem, claimed.id, options=[defer(OutboxItem.data)])  # not the bytes again
     if row is None or row.status != OutboxStatus.QUEUED.value:
         return {"action": "skipped", "outbox": claimed.id, "reason": "row changed meanwhile"}
     row.attempts += 1
