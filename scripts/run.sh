@@ -3,7 +3,8 @@
 #
 # Quick start: install maild into the virtualenv .venv, write a default config into ./data the
 # first time (`maild init` refuses to overwrite, so it only runs when data/maild.toml is absent),
-# then run the daemon in the foreground (`maild --config data/maild.toml run`).
+# then run the daemon in the foreground (`maild --config data/maild.toml run`), started again after
+# an exit 70 (a message that hung its processing).
 #
 # Environment: PYTHON (default python3) makes the venv; VENV (default .venv);
 # MAILD_DATA_DIR (default data).
@@ -43,5 +44,24 @@ if [[ ! -f $DATA_DIR/maild.toml ]]; then
     "$VENV/bin/maild" init "$DATA_DIR"
 fi
 
-echo "==> starting maild with $DATA_DIR/maild.toml"
-exec "$VENV/bin/maild" run --config "$DATA_DIR/maild.toml"
+# A small supervisor, as systemd's Restart=on-failure would be: exit 70 means a message hung its
+# processing past [smtp] process_timeout, and a restart counts an attempt (after three the message
+# is held as unprocessable). Ctrl-C or SIGTERM is passed on: maild drains and the script ends with it.
+while :; do
+    echo "==> starting maild with $DATA_DIR/maild.toml"
+    "$VENV/bin/maild" run --config "$DATA_DIR/maild.toml" &
+    pid=$!
+    trap 'kill -TERM "$pid" 2>/dev/null' TERM INT
+    code=0
+    wait "$pid" || code=$?
+    while kill -0 "$pid" 2>/dev/null; do  # a trapped signal ended the wait; the drain goes on
+        code=0
+        wait "$pid" || code=$?
+    done
+    trap - TERM INT
+    if [[ $code -ne 70 ]]; then
+        exit "$code"
+    fi
+    echo "==> maild exited 70 (a message hung its processing): starting it again" >&2
+    sleep 1
+done
