@@ -209,7 +209,10 @@ def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
     or a case while the daemon commits, or while a message hangs holding the lock. Anything it would
     change is a programming error: it raises instead of being silently rolled back."""
     bind = cast(Engine, factory.kw["bind"])
-    session = factory(bind=bind.execution_options(**{_READ_ONLY: True}), autoflush=False)
+    options: dict[str, Any] = {_READ_ONLY: True}
+    if bind.dialect.name == "postgresql":  # one snapshot for every statement, not one each
+        options |= {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+    session = factory(bind=bind.execution_options(**options), autoflush=False)
     try:
         yield session
         if session.new or session.dirty or session.deleted:

@@ -51,7 +51,8 @@ while :; do
     echo "==> starting maild with $DATA_DIR/maild.toml"
     "$VENV/bin/maild" run --config "$DATA_DIR/maild.toml" &
     pid=$!
-    trap 'kill -TERM "$pid" 2>/dev/null' TERM INT
+    stopping=0
+    trap 'stopping=1; kill -TERM "$pid" 2>/dev/null || true' TERM INT
     code=0
     wait "$pid" || code=$?
     while kill -0 "$pid" 2>/dev/null; do  # a trapped signal ended the wait; the drain goes on
@@ -59,7 +60,7 @@ while :; do
         wait "$pid" || code=$?
     done
     trap - TERM INT
-    if [[ $code -ne 70 ]]; then
+    if [[ $code -ne 70 || $stopping -eq 1 ]]; then  # an exit 70 while stopping ends here too
         exit "$code"
     fi
     echo "==> maild exited 70 (a message hung its processing): starting it again" >&2
