@@ -358,3 +358,26 @@ def test_under_a_load_that_never_pauses_young_mail_yields_and_old_mail_does_not(
     assert old_took < 1.25, old_took  # five messages, no yielding (yielding, it would be 5 x 0.5 s)
     assert young_took >= queue_run.YIELD_MAX_SECONDS * 0.9, young_took
     assert len(desk.cases()) == 7
+
+
+def test_a_stopping_daemon_stops_between_messages_and_gives_the_rest_back(
+        desk: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Past the stop's grace the queue's run ends after the message under way: the messages it had
+    # claimed but not begun go back uncounted (a stop is not a crash), and the next start does them.
+    enqueue_batch(desk.factory, [smtp_raw(build_mail(subject=f"H {n}", message_id=f"<h{n}@i.example>"), n)
+                                 for n in range(3)])
+    halt = threading.Event()
+    real = pipeline.settle
+
+    def then_stop(*args: Any, **kwargs: Any) -> Any:
+        halt.set()  # the grace ends while the first message is processed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "settle", then_stop)
+    assert process_pending(desk.factory, desk.settings, halt=halt) == 1
+    monkeypatch.undo()
+    assert [(outcome, attempts) for _, outcome, _, attempts in rows(desk)] == \
+        [("new-case", 1), (None, 0), (None, 0)]
+    assert desk.cli_json("queue")["queued"] == 2
+    assert process_pending(desk.factory, desk.settings) == 2
+    assert sorted(c["subject"] for c in desk.cases()) == ["H 0", "H 1", "H 2"]

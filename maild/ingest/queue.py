@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -200,15 +201,21 @@ def status(session: Session) -> dict[str, object]:
 
 
 def process_pending(factory: sessionmaker[Session], settings: Settings, *, limit: int = CLAIM,
-                    stamp: IntakeStamp | None = None) -> int:
+                    stamp: IntakeStamp | None = None, halt: threading.Event | None = None) -> int:
     """Process up to ``limit`` of the oldest queued messages, each in its own transaction; returns how
     many were taken (0: the queue is empty). With ``stamp``, each message younger than ``YIELD_WINDOW``
-    waits for a pause in intake first (the claim itself is one short transaction and does not wait)."""
+    waits for a pause in intake first (the claim itself is one short transaction and does not wait).
+    Once ``halt`` is set (the daemon is stopping), the messages not begun yet are given back, their
+    attempt uncounted, and it returns how many were done."""
     with _one_processor(factory) as ours:
         if not ours:
             return 0  # another process (a second daemon, `maild queue --process`) is at it
         claimed = _claim(factory, limit)
         for done, item in enumerate(claimed):
+            if halt is not None and halt.is_set():
+                _give_back(factory, [c.raw_id for c in claimed[done:]])
+                claimed = claimed[:done]
+                break
             try:
                 _process_one(factory, settings, item, stamp)
             except Exception:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -111,8 +112,10 @@ ProcessFn = Callable[[], Awaitable[int]]
 class QueueRunner:
     """Runs ``process_pending`` whenever the listener has queued mail, until the queue is empty."""
 
-    def __init__(self, run: ProcessFn, *, poll_seconds: float = POLL_SECONDS) -> None:
+    def __init__(self, run: ProcessFn, *, poll_seconds: float = POLL_SECONDS,
+                 halt: threading.Event | None = None) -> None:
         self._run = run
+        self._halt = halt  # set when the grace of stop() ends: a run in a thread stops between messages
         self._poll = poll_seconds
         self._wake = asyncio.Event()
         self._deadline: float | None = None  # set by stop()
@@ -132,6 +135,8 @@ class QueueRunner:
         and what is still queued waits for the next start."""
         self._deadline = time.monotonic() + grace
         self._wake.set()
+        if self._halt is not None:
+            asyncio.get_running_loop().call_later(grace, self._halt.set)
         if self._task is not None:
             await self._task
 
@@ -166,8 +171,9 @@ def make_runner(factory: sessionmaker[Session], settings: Settings, pool: Intake
     if pool is not None:
         return QueueRunner(pool.process_pending)
     stamp = intake_stamp(settings)
+    halt = threading.Event()
 
     async def in_thread() -> int:
-        return await asyncio.to_thread(process_pending, factory, settings, stamp=stamp)
+        return await asyncio.to_thread(process_pending, factory, settings, stamp=stamp, halt=halt)
 
-    return QueueRunner(in_thread)
+    return QueueRunner(in_thread, halt=halt)
