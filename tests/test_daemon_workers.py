@@ -262,15 +262,13 @@ def test_a_worker_that_hangs_is_killed_and_the_next_run_gets_a_fresh_one(tmp_pat
     assert _gone(first), "the hung worker is still running"
 
 
-def test_a_message_that_hangs_processing_in_the_daemon_restarts_it_until_quarantined(
-        tmp_path: Path, relay: CaptureRelay) -> None:
-    # processes = 0: a message that hangs the parser hangs a thread of the daemon itself, holding
-    # SQLite's write lock. Past [smtp] process_timeout the daemon drains SMTP and exits 70, and its
-    # supervisor (systemd's Restart=on-failure) starts it again. Each run counts an attempt; after the
-    # third the message is quarantined unparsed and the desk takes mail again.
+@contextlib.contextmanager
+def hung_message(tmp_path: Path, relay: CaptureRelay, smtp: str) -> Iterator[tuple[Desk, MaildProcess, Ledger]]:
+    """A daemon (processes = 0, with the ``[smtp]`` lines ``smtp``) whose processing hangs on every
+    message (the ``processing_hangs`` fault), and one customer mail already answered 250."""
     port = free_port()
     cfg = write_config(tmp_path, database_url=f"sqlite:///{tmp_path}/maild.db", relay_port=relay.port,
-                       extra=f'[smtp]\nlisten = "127.0.0.1:{port}"\nprocess_timeout = 1\n')
+                       extra=f'[smtp]\nlisten = "127.0.0.1:{port}"\n{smtp}')
     desk = Desk(cfg)
     desk.import_directory(REPO / "examples" / "directory.toml")
     proc = MaildProcess(cfg, port, tmp_path / "maild.log")
@@ -279,6 +277,20 @@ def test_a_message_that_hangs_processing_in_the_daemon_restarts_it_until_quarant
     try:
         proc.start(fault="processing_hangs")
         assert ledger.record(poison, smtp_send(port, ledger, poison, mail_from="anna@acme.example")) == 250
+        yield desk, proc, ledger
+    finally:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.kill()
+        desk.close()
+
+
+def test_a_message_that_hangs_processing_in_the_daemon_restarts_it_until_quarantined(
+        tmp_path: Path, relay: CaptureRelay) -> None:
+    # processes = 0: a message that hangs the parser hangs a thread of the daemon itself, holding
+    # SQLite's write lock. Past [smtp] process_timeout the daemon drains SMTP and exits 70, and its
+    # supervisor (systemd's Restart=on-failure) starts it again. Each run counts an attempt; after the
+    # third the message is quarantined unparsed and the desk takes mail again.
+    with hung_message(tmp_path, relay, "process_timeout = 1\n") as (desk, proc, ledger):
         for run in range(3):
             if run:
                 proc.start(fault="processing_hangs")  # the supervisor's restart
@@ -291,7 +303,7 @@ def test_a_message_that_hangs_processing_in_the_daemon_restarts_it_until_quarant
         # have opened a case) and goes on with new mail.
         proc.start()
         later = ledger.mail(2, sender="Anna <anna@acme.example>")
-        assert ledger.record(later, smtp_send(port, ledger, later, mail_from="anna@acme.example")) == 250
+        assert ledger.record(later, smtp_send(proc.port, ledger, later, mail_from="anna@acme.example")) == 250
         [ack] = relay.wait_for(1, timeout=30)
         assert ack.rcpt_tos == ("anna@acme.example",)
         assert [c["subject"] for c in desk.cases()] == ["Fault test 2"]
@@ -300,10 +312,6 @@ def test_a_message_that_hangs_processing_in_the_daemon_restarts_it_until_quarant
         assert (held["raw"], held["reason"]) == (1, "unprocessable")
         assert held["detail"].startswith("processing was begun 3 times and never finished")
         assert proc.stop() == 0
-    finally:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.kill()
-        desk.close()
 
 
 def test_stopping_while_a_message_hangs_processing_exits_without_waiting_for_it(
@@ -311,24 +319,10 @@ def test_stopping_while_a_message_hangs_processing_exits_without_waiting_for_it(
     # SIGTERM (systemctl stop/restart) while a message hangs the daemon's own processing thread:
     # SMTP drains, and the daemon exits 70 after shutdown_grace plus a margin instead of waiting for
     # the thread for ever (systemd would SIGKILL it after TimeoutStopSec).
-    port = free_port()
-    cfg = write_config(tmp_path, database_url=f"sqlite:///{tmp_path}/maild.db", relay_port=relay.port,
-                       extra=f'[smtp]\nlisten = "127.0.0.1:{port}"\nshutdown_grace = 1\n')
-    desk = Desk(cfg)
-    desk.import_directory(REPO / "examples" / "directory.toml")
-    proc = MaildProcess(cfg, port, tmp_path / "maild.log")
-    ledger = Ledger()
-    poison = ledger.mail(1, sender="Anna <anna@acme.example>")
-    try:
-        proc.start(fault="processing_hangs")
-        assert ledger.record(poison, smtp_send(port, ledger, poison, mail_from="anna@acme.example")) == 250
+    with hung_message(tmp_path, relay, "shutdown_grace = 1\n") as (desk, proc, _):
         deadline = time.monotonic() + 10
         while desk.cli_json("queue")["begun_before"] != 1:  # claimed (attempt counted), now hanging
             assert time.monotonic() < deadline, "the message was never claimed"
             time.sleep(0.1)
         assert proc.stop() == 70
         assert "processing raw-1 did not finish while stopping" in proc.log.read_text()
-    finally:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.kill()
-        desk.close()
