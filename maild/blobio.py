@@ -78,5 +78,10 @@ def read(engine: Engine, table: Table, column: str, row_id: int, size: int,
             yield bytes(piece)
 
 
+def read_whole(engine: Engine, table: Table, column: str, row_id: int, size: int) -> bytes:
+    """The whole value, read as ``read`` does but in one piece: a single copy, no list of pieces to join."""
+    return b"".join(read(engine, table, column, row_id, size, chunk=max(size, 1)))
+
+
 def _sqlite(conn: Connection) -> Any:
     return conn.connection.driver_connection

@@ -317,8 +317,8 @@ def _read_large(factory: sessionmaker[Session], settings: Settings, item: _Claim
     except Exception as exc:  # Unsplittable, or a shape the scan trips on: the parser gets it whole
         level = logging.INFO if isinstance(exc, bigmail.Unsplittable) else logging.WARNING
         log.log(level, "raw-%d is read whole: %s", item.raw_id, exc, exc_info=level == logging.WARNING)
-        # One piece, so no second copy; "nothing held out" keeps preparse from scanning it again.
-        data = b"".join(blobio.read(engine, table, "data", item.raw_id, item.size, chunk=max(item.size, 1)))
+        # "Nothing held out" keeps preparse from scanning it again.
+        data = blobio.read_whole(engine, table, "data", item.raw_id, item.size)
         return replace(item.raw, data=data, whole=bigmail.Whole(len(data), 0, ()))
     return replace(item.raw, data=data, whole=whole)
 

@@ -185,7 +185,7 @@ def _read_stored(factory: sessionmaker[Session], item: Claimed) -> bytes:
     engine = cast(Engine, factory.kw["bind"])
     table = cast(Table, OutboxItem.__table__)
     try:
-        data = b"".join(blobio.read(engine, table, "data", item.id, item.size, chunk=max(item.size, 1)))
+        data = blobio.read_whole(engine, table, "data", item.id, item.size)
     except Exception as exc:  # the store is down or failing: this attempt is deferred like a relay's 4xx
         log.warning("outbox %s: cannot read the stored mail: %s", item.id, exc)
         raise TemporaryFailure(f"cannot read the stored mail: {type(exc).__name__}: {exc}") from exc
