@@ -33,10 +33,12 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
         "replies_right": {"value": f"{threads['right']}/{threads['replies']}", "target": "all"},
         "lookup_ratio_largest_to_1k": {"value": result["store_scale"]["lookup_ratio_largest_to_smallest"],
                                        "target": "<= 2"},
+        # the listener: the process that takes the message from the MTA and commits it
         "peak_rss_over_size_limit": {"value": large["peak_over_size_limit"], "target": "< 2"},
-        # the same, less the resting daemon (interpreter and imports): what taking the message cost
-        "rss_growth_over_size_limit": {"value": round(large["peak_minus_rest_mib"] / large["size_limit_mib"], 2),
-                                       "target": "< 2"},
+        # the work process, which parses it and does the case work: less its resting size (the
+        # interpreter, SQLAlchemy and the pipeline), what processing the message cost
+        "work_rss_growth_over_size_limit": {
+            "value": round(large["work_peak_minus_rest_mib"] / large["size_limit_mib"], 2), "target": "< 2"},
         "tick_s_at_largest": {"value": largest["tick_s"], "target": "< 1"},
     }
     if "postgresql" in at8:  # the same two targets for the other store, when it was measured
@@ -50,7 +52,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     out["replies_right"]["met"] = threads["right"] == threads["replies"]
     out["lookup_ratio_largest_to_1k"]["met"] = out["lookup_ratio_largest_to_1k"]["value"] <= 2
     out["peak_rss_over_size_limit"]["met"] = large["peak_over_size_limit"] < 2
-    out["rss_growth_over_size_limit"]["met"] = out["rss_growth_over_size_limit"]["value"] < 2
+    out["work_rss_growth_over_size_limit"]["met"] = out["work_rss_growth_over_size_limit"]["value"] < 2
     out["tick_s_at_largest"]["met"] = largest["tick_s"] < 1
     return out
 
@@ -89,8 +91,10 @@ def print_table(result: dict[str, Any]) -> None:
         print(_row([size, s["load_s"], s["p50_ms"], s["p99_ms"], s["misses"], s["tick_s"]], [26, 8, 8, 8, 8, 8]))
     large, mbox = result["memory"]["large_message"], result["memory"]["mbox_ingest"]
     print(f"\nMemory: {large['message_bytes'] / 1e6:.1f} MB message -> code {large['code']} in "
-          f"{large['data_250_s']} s; daemon RSS {large['rest_rss_mib']} MiB at rest, peak {large['peak_rss_mib']} MiB "
-          f"(+{large['peak_minus_rest_mib']} MiB)")
+          f"{large['data_250_s']} s; listener RSS {large['rest_rss_mib']} MiB at rest, peak {large['peak_rss_mib']} MiB "
+          f"(+{large['peak_minus_rest_mib']} MiB); work process {large['work_rest_rss_mib']} MiB at rest, peak "
+          f"{large['work_peak_rss_mib']} MiB (+{large['work_peak_minus_rest_mib']} MiB); both "
+          f"{large['both_peak_rss_mib']} MiB")
     print(f"mbox ingest: {mbox['messages']} messages ({mbox['mbox_mib']} MiB) in {mbox['seconds']} s = "
           f"{mbox['rate']} msgs/s, peak RSS {mbox['peak_rss_mib']} MiB, {mbox['outcomes']}")
     print("\nTargets (issue 8)")

@@ -176,7 +176,7 @@ class Process:
 
 
 def start_maild(config: Path, port: int, log: Path) -> Process:
-    return Process([sys.executable, "-m", "maild", "run", "--config", str(config)], log, port)
+    return Process([sys.executable, *((os.environ["MAILD_WRAP"],) if os.environ.get("MAILD_WRAP") else ("-m", "maild")), "run", "--config", str(config)], log, port)
 
 
 def start_fsync_server(directory: Path, log: Path) -> Process:

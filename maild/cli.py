@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cmd(sub, "init", c.cmd_init, "write a commented default config to DIR/maild.toml and create the database")
     p.add_argument("dir", nargs="?", default=".")
-    cmd(sub, "run", c.cmd_run, "run the daemon: SMTP listener, IMAP poller, outbox sender, scheduler")
+    cmd(sub, "run", _cmd_run, "run the daemon: SMTP listener, IMAP poller, outbox sender, scheduler")
     p = cmd(sub, "ingest", c.cmd_ingest, "take .eml files, mbox files or Maildirs through intake")
     _add_now(p)
     p.add_argument("paths", nargs="+", metavar="PATH")
@@ -137,16 +137,64 @@ def _extra_commands(
     commands_more.register(sub, cmd, _add_now)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+_RUN_FLAGS = frozenset({"-v", "--verbose"})
+
+
+def _run_only(argv: Sequence[str]) -> argparse.Namespace | None:
+    """``maild [--config P] [-v] run [--config P] [-v]``, parsed without loading the other commands:
+    the listener process ``maild run`` becomes must not load SQLAlchemy (``maild.listener``). None
+    for anything else (``--help`` too), which the whole parser then handles."""
+    config: str | None = None
+    verbose = False
+    command = None
+    items = iter(argv)
+    for item in items:
+        if item in _RUN_FLAGS:
+            verbose = True
+        elif item == "--config":
+            config = next(items, None)
+            if config is None:
+                return None
+        elif item.startswith("--config="):
+            config = item.partition("=")[2]
+        elif item == "run" and command is None:
+            command = item
+        else:
+            return None
+    if command is None:
+        return None
+    return argparse.Namespace(command="run", config=config, verbose=verbose, func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from maild.config import load
+    from maild.listener import run
+    from maild.logs import setup_logging
+
+    settings = load(args.config)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    return run(settings)
+
+
+def _known_errors(args: argparse.Namespace) -> tuple[type[BaseException], ...]:
+    if args.func is _cmd_run:  # the config's errors, and the OS's (an unreadable file)
+        from maild.config import ConfigError
+
+        return (ConfigError, ValueError, OSError)
     from maild.commands import known_errors
 
+    return known_errors()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _run_only(sys.argv[1:] if argv is None else argv)
+    if args is None:
+        args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except known_errors() as exc:
+    except _known_errors(args) as exc:
         print(f"maild: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

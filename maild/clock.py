@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import holidays as holidays_pkg
-
 DEFAULT_ZONE = "America/Denver"
 _ISO_EXAMPLE = "2026-11-20T10:00"
 
@@ -86,7 +84,9 @@ def add_elapsed(t: datetime, delta: timedelta, zone: ZoneInfo) -> datetime:
 def _country_year(country: str, year: int) -> frozenset[date]:
     # Cached per (country, year): the holidays package builds a whole year at a time.
     try:
-        found = holidays_pkg.country_holidays(country, years=year)
+        import holidays  # here, not at import: the listener process (maild.listener) never needs it
+
+        found = holidays.country_holidays(country, years=year)
     except NotImplementedError:
         raise ValueError(f"unknown holiday country {country!r}") from None
     return frozenset(found.keys())

@@ -69,17 +69,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    import logging
-
-    from maild.daemon import run
-    from maild.logs import setup_logging
-
-    settings = settings_of(args)
-    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
-    return run(settings)
-
-
 def cmd_ingest(args: argparse.Namespace) -> int:
     from maild.ingest.files import FileProblem, iter_paths
     from maild.ingest.pipeline import run_ingest

@@ -49,8 +49,9 @@ class SmtpSettings:
     # Intake worker processes (maild.ingest.workers); 0 runs intake in threads of the daemon itself.
     processes: int = 0
     # Seconds queued mail may take to process (a message that hangs the parser or a driver): one
-    # message with processes = 0, past which the daemon drains SMTP and exits 70 for its supervisor
-    # to restart it; one run of up to 16 messages in a worker, which is then killed. Either way the
+    # message with processes = 0, past which the work process exits 70 and maild's listener starts
+    # it again (maild.listener; with queue = false the daemon drains SMTP and exits 70 for its
+    # supervisor); one run of up to 16 messages in a worker, which is then killed. Either way the
     # message is quarantined after 3 such runs.
     process_timeout: int = 300
     # true: answer 250 once the raw message is committed and process it right after, oldest first

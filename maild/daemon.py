@@ -1,14 +1,20 @@
 # SPDX-License-Identifier: MIT
-"""``maild run``: the SMTP listener, the outbox sender, the scheduler and the IMAP poller in one process.
+"""The daemon's event loop and jobs: the queue's case work, the outbox sender, the scheduler and the
+IMAP poller, and with ``[smtp] queue = false`` the SMTP listener too, all in one process.
 
-The event loop serves SMTP (``maild.ingest.smtp``) and pings the systemd watchdog, so a wedged
-loop stops the pings and systemd restarts maild. Each periodic job runs in its own thread: a hung
-relay delays neither intake nor the scheduler, and an exception in one job is logged and the job
-runs again at its next turn. SIGTERM/SIGINT (or ``stop_event``): stop accepting, let in-flight
-DATA finish within ``[smtp] shutdown_grace``, answer ``421`` to the rest (RELIABILITY D9), let
-each job finish its current call, exit 0. A message that hangs processing in the daemon's own thread
-(``[smtp] processes = 0``) past ``[smtp] process_timeout``, or past the drain when stopping, makes it
-exit 70 at once (``os._exit``: the thread can be neither stopped nor joined).
+``maild run`` starts in ``maild.listener``. With the queue (the default) this module runs in the
+work process beside the listener (``run(settings, parent=...)``, ``maild.workproc``): woken after
+each queue commit, stopped by the listener. With ``queue = false`` it is all of maild, and the
+event loop serves SMTP (``maild.ingest.smtp``) and pings the systemd watchdog, so a wedged loop stops
+the pings and systemd restarts maild.
+
+Each periodic job runs in its own thread: a hung relay delays neither intake nor the scheduler, and
+an exception in one job is logged and the job runs again at its next turn. SIGTERM/SIGINT (or
+``stop_event``, or the listener's stop): stop accepting, let in-flight DATA finish within ``[smtp]
+shutdown_grace``, answer ``421`` to the rest (RELIABILITY D9), let each job finish its current call,
+exit 0. A message that hangs processing in this process's own thread (``[smtp] processes = 0``) past
+``[smtp] process_timeout``, or past the drain when stopping, makes it exit 70 at once (``os._exit``:
+the thread can be neither stopped nor joined); the listener, or systemd, starts it again.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from maild.ingest.smtp import IngestFn
 from maild.ingest.smtp_server import start_server
 from maild.ingest.workers import IntakePool
 from maild.notify import notify, watchdog_interval
+from maild.workproc import Parent
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +153,12 @@ async def _watchdog(interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-def _install_signals(loop: asyncio.AbstractEventLoop, stop: threading.Event) -> list[signal.Signals]:
+def _install_signals(loop: asyncio.AbstractEventLoop, stop: threading.Event,
+                     work: bool = False) -> list[signal.Signals]:
     if threading.current_thread() is not threading.main_thread():
         return []  # only the main thread may handle signals; the caller stops us via stop_event
-    signals = [signal.SIGTERM, signal.SIGINT]
+    # The work process leaves SIGINT (Ctrl-C, sent to the whole group) to the listener (maild.workproc).
+    signals = [signal.SIGTERM] if work else [signal.SIGTERM, signal.SIGINT]
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     return signals
@@ -203,9 +212,11 @@ async def _stop_queue(queue: QueueRunner, grace: float, in_thread: bool) -> str 
 
 
 async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threading.Event,
-                 ingest_fn: IngestFn | None) -> int:
+                 ingest_fn: IngestFn | None, parent: Parent | None = None) -> int:
+    """The daemon's event loop; with ``parent``, the work process's: everything but SMTP, which the
+    listener process runs (``maild.listener``), woken by it after each commit."""
     loop = asyncio.get_running_loop()
-    signals = _install_signals(loop, stop)
+    signals = _install_signals(loop, stop, work=parent is not None)
     try:
         pool = _intake_pool(settings) if ingest_fn is None else None
     except Exception as exc:  # a worker could not start (imports, the store): say so, exit 1
@@ -213,18 +224,25 @@ async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threa
         return 1
     # The runner also runs with `queue = false`: it finishes what an earlier run with a queue left.
     queue = make_runner(factory, settings, pool) if ingest_fn is None else None
-    try:
-        server = await start_server(factory, settings, ingest_fn=ingest_fn, pool=pool,
-                                    queue=queue if settings.smtp.queue else None)
-    except Exception as exc:  # port taken, unreadable TLS certificate ...
-        log.error("cannot listen on %s: %s", settings.smtp.listen, exc)
-        if pool is not None:
-            pool.close()
-        return 1
+    server = None
+    if parent is None:
+        try:
+            server = await start_server(factory, settings, ingest_fn=ingest_fn, pool=pool,
+                                        queue=queue if settings.smtp.queue else None)
+        except Exception as exc:  # port taken, unreadable TLS certificate ...
+            log.error("cannot listen on %s: %s", settings.smtp.listen, exc)
+            if pool is not None:
+                pool.close()
+            return 1
+    elif queue is not None:
+        parent.serve(loop, queue, stop)
     if queue is not None:
         queue.start()  # also takes what a previous run left queued
     workers = start_workers(factory, settings, stop)
-    notify(f"READY=1\nSTATUS=accepting mail on {settings.smtp.listen}")
+    if parent is None:
+        notify(f"READY=1\nSTATUS=accepting mail on {settings.smtp.listen}")
+    else:
+        parent.ready()
     interval = watchdog_interval()
     dog = asyncio.create_task(_watchdog(interval)) if interval else None
     stuck: str | None = None
@@ -234,10 +252,13 @@ async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threa
             if queue is not None and pool is None and (stuck := _stuck(settings)) is not None:
                 log.critical("%s", stuck)
                 break
-        log.info("stopping: draining SMTP sessions for up to %ss", settings.smtp.shutdown_grace)
-        notify("STOPPING=1\nSTATUS=draining")
         deadline = time.monotonic() + settings.smtp.shutdown_grace  # one budget for DATA and the queue
-        await server.shutdown(settings.smtp.shutdown_grace)
+        if server is not None:
+            log.info("stopping: draining SMTP sessions for up to %ss", settings.smtp.shutdown_grace)
+            notify("STOPPING=1\nSTATUS=draining")
+            await server.shutdown(settings.smtp.shutdown_grace)
+        elif parent is not None:  # the listener drained SMTP already and gave what is left of the grace
+            deadline = time.monotonic() + parent.grace(settings.smtp.shutdown_grace)
         if queue is not None and stuck is None:  # what is still queued then waits for the next start
             stuck = await _stop_queue(queue, max(0.0, deadline - time.monotonic()), pool is None)
         if pool is not None:
@@ -254,6 +275,8 @@ async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threa
             dog.cancel()
         for sig in signals:
             loop.remove_signal_handler(sig)
+        if parent is not None:
+            parent.close(loop)
     if stuck is not None:
         # The hung thread can be neither stopped nor joined (asyncio.run would wait for it for ever):
         # leave now. Its transaction dies with the process; the 250s given were all committed.
@@ -264,9 +287,11 @@ async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threa
 
 
 def run(settings: Settings, *, stop_event: threading.Event | None = None,
-        ingest_fn: IngestFn | None = None) -> int:
-    """Run the daemon until SIGTERM/SIGINT or ``stop_event``; 0 after a clean drain, 1 if it
-    could not start. ``ingest_fn`` replaces ``run_ingest`` (tests)."""
+        ingest_fn: IngestFn | None = None, parent: Parent | None = None) -> int:
+    """Run the daemon in this one process until SIGTERM/SIGINT or ``stop_event``; 0 after a clean
+    drain, 1 if it could not start. ``ingest_fn`` replaces ``run_ingest`` (tests). ``maild run``
+    itself starts with ``maild.listener.run``, which calls this for ``[smtp] queue = false`` and runs
+    it, with ``parent``, as its work process otherwise."""
     stop = stop_event if stop_event is not None else threading.Event()
     try:
         engine, factory = open_store(settings.database_url)
@@ -274,8 +299,8 @@ def run(settings: Settings, *, stop_event: threading.Event | None = None,
         log.error("cannot open the store: %s: %s", type(exc).__name__, exc)
         return 1
     try:
-        code = asyncio.run(_serve(settings, factory, stop, ingest_fn))
+        code = asyncio.run(_serve(settings, factory, stop, ingest_fn, parent))
     finally:
         engine.dispose()
-    log.info("maild stopped (exit %d)", code)
+    log.info("%s stopped (exit %d)", "maild's work process" if parent is not None else "maild", code)
     return code

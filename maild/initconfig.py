@@ -30,7 +30,7 @@ tls_key = ""
 queue = true                     # 250 once the message is stored, case work right after; false: before the 250
 processes = 0                    # worker processes for intake work; 0: in the daemon (see docs/PERFORMANCE.md)
 process_timeout = 300            # seconds a message may take to process; past it the worker is killed, or
-                                 # (processes = 0) maild drains and exits 70 for systemd to restart it
+                                 # (processes = 0) the work process exits 70 and is started again
 
 [relay]
 host = "localhost"

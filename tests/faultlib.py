@@ -219,8 +219,10 @@ class MaildProcess:
             env["MAILD_FAULT"] = fault
         with self.log.open("ab") as log:
             command = [*(wrapper or []), sys.executable, "-m", "maild", "--config", str(self.config), "run"]
-            self.proc = subprocess.Popen(command,
-                                         env=env, stdout=log, stderr=log, cwd=REPO)  # fmt: skip
+            # A session of its own: kill() ends maild's work process too (maild.listener), as a crash
+            # of the machine or of the whole service would.
+            self.proc = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=REPO,
+                                         start_new_session=True)  # fmt: skip
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -232,10 +234,10 @@ class MaildProcess:
                 time.sleep(0.05)
 
     def kill(self) -> int:
-        """SIGKILL from outside (a crash); the exit status."""
+        """SIGKILL from outside to every process of maild's (a crash); the listener's exit status."""
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         return self.proc.wait(30)
 
     def wait(self, timeout: float = 30) -> int:

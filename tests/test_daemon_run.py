@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: MIT
 """``maild run``: start-up on a temporary SQLite store, systemd notifications, and the SIGTERM drain.
 
-``daemon.run`` runs in a thread (``stop_event`` stands in for SIGTERM, which only the main thread
-can handle) with a fake ingest that blocks: it stands in for the pipeline, the listener's
-collaborator, not an external system. The subprocess test sends a real SIGTERM to ``python -m
-maild run``.
+``listener.run`` (what ``maild run`` calls) runs in a thread (``stop_event`` stands in for SIGTERM,
+which only the main thread can handle). With the queue (the default) it starts the real work process
+beside it; one test gives it a fake ingest that blocks instead, which stands in for the pipeline, the
+listener's collaborator, not an external system, and runs maild as one process. The subprocess tests
+send a real SIGTERM to ``python -m maild run``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 from helpers import BlockingIngest
 
-from maild import daemon
+from maild import daemon, listener
 from maild.config import PathSettings, Settings, SmtpSettings
 
 MESSAGE = b"From: alice@customer.example\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -70,7 +71,7 @@ def test_stop_drains_in_flight_data_and_exits_0(tmp_path: Path, notify_socket: s
                         paths=PathSettings(data=str(tmp_path)), base_dir=str(tmp_path))
     pipeline, stop, codes = BlockingIngest(case=3), threading.Event(), []
     runner = threading.Thread(target=lambda: codes.append(
-        daemon.run(settings, stop_event=stop, ingest_fn=pipeline)))
+        listener.run(settings, stop_event=stop, ingest_fn=pipeline)))
     runner.start()
     try:
         assert wait_for(notify_socket, b"READY=1").startswith(b"READY=1\nSTATUS=")
@@ -113,7 +114,7 @@ def test_250_means_the_bytes_are_in_the_store(tmp_path: Path) -> None:
     settings = Settings(smtp=SmtpSettings(listen=f"127.0.0.1:{port}", shutdown_grace=5),
                         paths=PathSettings(data=str(tmp_path)), base_dir=str(tmp_path))
     stop, codes = threading.Event(), []
-    runner = threading.Thread(target=lambda: codes.append(daemon.run(settings, stop_event=stop)))
+    runner = threading.Thread(target=lambda: codes.append(listener.run(settings, stop_event=stop)))
     runner.start()
     message = (b"From: alice@customer.example\r\nTo: support@example.com\r\n"
                b"Message-ID: <e2e-1@customer.example>\r\nSubject: printer\r\n\r\nhelp\r\n")
@@ -154,7 +155,7 @@ def test_port_in_use_returns_1(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         settings = Settings(smtp=SmtpSettings(listen=f"127.0.0.1:{port}"),
                             paths=PathSettings(data=str(tmp_path)), base_dir=str(tmp_path))
-        assert daemon.run(settings, stop_event=threading.Event()) == 1
+        assert listener.run(settings, stop_event=threading.Event()) == 1
 
 
 def test_maild_run_exits_0_on_sigterm(tmp_path: Path) -> None:
@@ -192,3 +193,91 @@ def test_maild_run_exits_0_on_sigterm(tmp_path: Path) -> None:
             proc.kill()
         proc.wait()
         log.close()
+
+
+def test_systemd_hears_the_listener_only_and_the_work_process_runs_beside_it(
+        tmp_path: Path, notify_socket: socket.socket) -> None:
+    # Two processes: READY=1 once the work process has opened the store and the listener listens,
+    # the watchdog, STOPPING=1 at the stop. Every notification comes from the listener (this test's
+    # process, SO_PASSCRED), none from the work process, whose NOTIFY_SOCKET is taken away.
+    notify_socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    port = free_port()
+    settings = Settings(smtp=SmtpSettings(listen=f"127.0.0.1:{port}", shutdown_grace=5),
+                        paths=PathSettings(data=str(tmp_path)), base_dir=str(tmp_path))
+    stop, codes = threading.Event(), []
+    runner = threading.Thread(target=lambda: codes.append(listener.run(settings, stop_event=stop)))
+    runner.start()
+    senders: set[int] = set()
+    messages: list[bytes] = []
+    creds = socket.CMSG_SPACE(12)  # struct ucred: pid, uid, gid
+
+    def receive() -> bytes:
+        data, ancillary, _, _ = notify_socket.recvmsg(4096, creds)
+        for level, kind, payload in ancillary:
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS):
+                senders.add(int.from_bytes(payload[:4], sys.byteorder))
+        messages.append(data)
+        return data
+
+    try:
+        while not receive().startswith(b"READY=1"):
+            pass
+        assert b"work process" in messages[-1]
+        with smtplib.SMTP("127.0.0.1", port, timeout=20) as smtp:
+            assert smtp.sendmail("alice@customer.example", ["support@example.com"], MESSAGE) == {}
+        stop.set()
+        while not receive().startswith(b"STOPPING=1"):
+            pass
+        runner.join(60)
+    finally:
+        stop.set()
+        runner.join(60)
+    assert codes == [0]
+    assert b"WATCHDOG=1" in messages
+    assert senders == {os.getpid()}
+
+
+LISTENER_PROBE = """
+import os, signal, smtplib, sys, threading, time
+from maild import cli
+
+def probe() -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            smtp = smtplib.SMTP("127.0.0.1", int(sys.argv[2]), timeout=20)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                os._exit(3)
+            time.sleep(0.1)
+    with smtp:
+        smtp.sendmail("alice@customer.example", ["support@example.com"],
+                      b"From: alice@customer.example\\r\\nSubject: hi\\r\\n\\r\\nbody\\r\\n")
+    with open(sys.argv[3], "w") as out:
+        out.write("\\n".join(sorted(sys.modules)))
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=probe, daemon=True).start()
+sys.exit(cli.main(["--config", sys.argv[1], "run"]))
+"""
+
+
+def test_the_listener_process_takes_mail_without_loading_sqlalchemy_or_the_pipeline(tmp_path: Path) -> None:
+    # What keeps the process the MTA talks to small (issue 8: under 2x the size limit while taking a
+    # message of that size): `maild run` answers and commits mail with the standard library, aiosmtpd
+    # and the DB-API driver; SQLAlchemy, the ORM models and the pipeline live in the work process.
+    port = free_port()
+    config = tmp_path / "maild.toml"
+    config.write_text(f'[smtp]\nlisten = "127.0.0.1:{port}"\n[paths]\ndata = "{tmp_path}"\n')
+    modules = tmp_path / "modules.txt"
+    env = {**os.environ, "PYTHONPATH": str(Path(daemon.__file__).parent.parent)}
+    env.pop("NOTIFY_SOCKET", None)
+    done = subprocess.run([sys.executable, "-c", LISTENER_PROBE, str(config), str(port), str(modules)],
+                          env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    loaded = modules.read_text().split()
+    assert "maild.ingest.intake_store" in loaded and "aiosmtpd.smtp" in loaded  # it did take the mail
+    heavy = [m for m in loaded if m.split(".")[0] in ("sqlalchemy", "alembic", "mailparser", "jinja2", "holidays")
+             or m in ("maild.db", "maild.models", "maild.ingest.pipeline", "maild.daemon")]
+    assert heavy == []

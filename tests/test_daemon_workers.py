@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -80,6 +80,15 @@ def test_worker_processes_take_mail_and_the_desk_acknowledges_it(pooled: tuple[D
     check_no_loss(desk.settings.database_url, ledger)
 
 
+def work_process(pid: int) -> int | None:
+    """The work process ``maild run`` started beside its listener (maild.workproc); None if none."""
+    for kid in children(pid):
+        with contextlib.suppress(OSError):
+            if b"maild.workproc" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                return kid
+    return None
+
+
 def test_a_killed_worker_costs_a_retry_and_nothing_else(pooled: tuple[Desk, MaildProcess]) -> None:
     # A worker dies (OOM killer): what it held is answered 451 or was committed (no queue), or stays
     # queued and is processed by the next pool (queue); a resend is stored once, each processed once.
@@ -88,7 +97,10 @@ def test_a_killed_worker_costs_a_retry_and_nothing_else(pooled: tuple[Desk, Mail
     assert proc.proc is not None
     ledger = Ledger()
     assert smtp_send(proc.port, ledger, ledger.mail(0)) == 250
-    before = children(proc.proc.pid)
+    # With the queue the pool belongs to the work process beside the listener; without, to maild itself.
+    work = work_process(proc.proc.pid)
+    assert (work is not None) == (desk.settings.smtp.queue)
+    before = children(work or proc.proc.pid)
     assert len(before) >= 2
     for pid in before:
         with contextlib.suppress(ProcessLookupError):
@@ -143,9 +155,10 @@ def test_workers_do_not_outlive_a_killed_daemon(pooled: tuple[Desk, MaildProcess
     _desk, proc = pooled
     proc.start()
     assert proc.proc is not None
-    workers = children(proc.proc.pid)
+    workers = children(proc.proc.pid)  # with the queue: the work process, and its pool below it
     assert len(workers) >= 2
-    assert proc.kill() == -9
+    proc.proc.send_signal(signal.SIGKILL)  # maild's first process only, not its process group
+    assert proc.proc.wait(10) == -9
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -284,34 +297,83 @@ def hung_message(tmp_path: Path, relay: CaptureRelay, smtp: str) -> Iterator[tup
         desk.close()
 
 
-def test_a_message_that_hangs_processing_in_the_daemon_restarts_it_until_quarantined(
-        tmp_path: Path, relay: CaptureRelay) -> None:
-    # processes = 0: a message that hangs the parser hangs a thread of the daemon itself, holding
-    # SQLite's write lock. Past [smtp] process_timeout the daemon drains SMTP and exits 70, and its
-    # supervisor (systemd's Restart=on-failure) starts it again. Each run counts an attempt; after the
-    # third the message is quarantined unparsed and the desk takes mail again.
-    with hung_message(tmp_path, relay, "process_timeout = 1\n") as (desk, proc, ledger):
-        for run in range(3):
-            if run:
-                proc.start(fault="processing_hangs")  # the supervisor's restart
-            assert proc.wait(30) == 70
-        log = proc.log.read_text()
-        assert log.count("processing raw-1 has not finished") == 3, log[-3000:]
-        assert desk.cases() == []
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.2)
 
-        # The fourth run quarantines it without parsing it (the fault is off now, so parsing it would
-        # have opened a case) and goes on with new mail.
-        proc.start()
+
+def test_a_message_that_hangs_processing_restarts_the_work_process_until_quarantined(
+        tmp_path: Path, relay: CaptureRelay) -> None:
+    # processes = 0: a message that hangs the parser hangs a thread of the work process, holding
+    # SQLite's write lock. Past [smtp] process_timeout the work process exits 70 and the listener starts
+    # it again, while intake goes on: the MTA is never refused. Each run counts an attempt; after the
+    # third the message is quarantined unparsed.
+    with hung_message(tmp_path, relay, "process_timeout = 1\nshutdown_grace = 1\n") as (desk, proc, ledger):
+        assert proc.proc is not None
+        first = work_process(proc.proc.pid)
         later = ledger.mail(2, sender="Anna <anna@acme.example>")
         assert ledger.record(later, smtp_send(proc.port, ledger, later, mail_from="anna@acme.example")) == 250
-        [ack] = relay.wait_for(1, timeout=30)
-        assert ack.rcpt_tos == ("anna@acme.example",)
-        assert [c["subject"] for c in desk.cases()] == ["Fault test 2"]
-        assert desk.cli_json("queue")["queued"] == 0
+        wait_until("raw-1 quarantined", lambda: [h["raw"] for h in desk.cli_json("held", "list", "--json")] == [1])
         [held] = desk.cli_json("held", "list", "--json")
-        assert (held["raw"], held["reason"]) == (1, "unprocessable")
+        assert held["reason"] == "unprocessable"
         assert held["detail"].startswith("processing was begun 3 times and never finished")
+        log = proc.log.read_text()
+        assert log.count("processing raw-1 has not finished") == 3, log[-3000:]
+        assert log.count("(a message hung processing); starting it again") >= 3
+        assert proc.proc.poll() is None, "the listener keeps running"
+        assert work_process(proc.proc.pid) not in (None, first)
+        # Intake went on throughout: a third mail now is answered 250 at once.
+        third = ledger.mail(3, sender="Anna <anna@acme.example>")
+        assert ledger.record(third, smtp_send(proc.port, ledger, third, mail_from="anna@acme.example")) == 250
+        assert desk.cases() == []  # the fault hangs every message's processing, so far
+        proc.stop()
+
+        # Without the fault, the mail that waited is processed and acknowledged.
+        proc.start()
+        acks = relay.wait_for(2, timeout=30)
+        assert sorted(a.rcpt_tos[0] for a in acks) == ["anna@acme.example"] * 2
+        assert sorted(c["subject"] for c in desk.cases()) == ["Fault test 2", "Fault test 3"]
+        assert desk.cli_json("queue")["queued"] == 0
         assert proc.stop() == 0
+
+
+def test_a_killed_work_process_is_started_again_and_intake_never_stops(tmp_path: Path, relay: CaptureRelay) -> None:
+    # The OOM killer (or a crash in a C library) takes the work process: the listener answers 250
+    # throughout, starts a new work process, and that one processes what was queued meanwhile.
+    port = free_port()
+    cfg = write_config(tmp_path, database_url=f"sqlite:///{tmp_path}/maild.db", relay_port=relay.port,
+                       extra=f'[smtp]\nlisten = "127.0.0.1:{port}"\n')
+    desk = Desk(cfg)
+    desk.import_directory(REPO / "examples" / "directory.toml")
+    proc = MaildProcess(cfg, port, tmp_path / "maild.log")
+    try:
+        proc.start()
+        assert proc.proc is not None
+        ledger = Ledger()
+        senders = ["anna@acme.example", "paula@globex.example"]
+        assert smtp_send(port, ledger, ledger.mail(0, sender=f"C <{senders[0]}>"), mail_from=senders[0]) == 250
+        relay.wait_for(1, timeout=30)
+        first = work_process(proc.proc.pid)
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        for n in range(1, 4):  # at once, while there is no work process
+            who = senders[n % 2]
+            assert smtp_send(port, ledger, ledger.mail(n, sender=f"C <{who}>"), mail_from=who) == 250
+        acks = relay.wait_for(4, timeout=60)
+        assert len(acks) == 4
+        second = work_process(proc.proc.pid)
+        assert second not in (None, first)
+        assert "killed by signal 9" in proc.log.read_text()
+        assert proc.stop() == 0
+        counts = check_no_loss(desk.settings.database_url, ledger)
+        assert counts["accepted"] == 4
+        assert len(desk.cases()) == 4
+    finally:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.kill()
+        desk.close()
 
 
 def test_stopping_while_a_message_hangs_processing_exits_without_waiting_for_it(

@@ -51,7 +51,7 @@ from maild.ingest.raw import RawMail, from_stored
 from maild.models import RawBody, RawMessage
 
 if TYPE_CHECKING:
-    from maild.ingest.queue_run import IntakeStamp
+    from maild.ingest.stamp import IntakeStamp
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,7 @@
 
 ``QueueRunner`` calls ``process_pending`` from the event loop whenever the listener has queued mail,
 until the queue is empty; it also looks every ``POLL_SECONDS`` (a row left by an earlier run,
-another process). ``IntakeStamp`` is how processing yields SQLite's write lock to the listener
-during a burst. ``stuck_queue_rule`` tells staff when accepted mail waits unprocessed.
+another process). ``stuck_queue_rule`` tells staff when accepted mail waits unprocessed.
 """
 
 from __future__ import annotations
@@ -12,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
@@ -25,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from maild.config import Settings
 from maild.ingest.queue import process_pending
+from maild.ingest.stamp import intake_stamp
 from maild.models import RawMessage
 
 if TYPE_CHECKING:
@@ -32,56 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-QUIET_SECONDS = 0.03  # processing waits for a pause of this long in the listener's commits ...
-YIELD_MAX_SECONDS = 0.5  # ... but never longer than this before each message
 STUCK_AFTER = timedelta(minutes=15)  # a queued message this old means processing has stalled: alert
 POLL_SECONDS = 2.0
 BACKOFF_MAX = 30.0
-
-
-class IntakeStamp:
-    """When the listener last committed mail, shared by every process on this machine (a file's mtime).
-
-    The queue's processing waits for the listener to have been quiet for ``QUIET_SECONDS`` before it
-    takes SQLite's one write lock (``wait_quiet``), so a burst's messages are committed and answered
-    first and the case work catches up behind it. It never waits more than ``YIELD_MAX_SECONDS`` per
-    message, and not at all for mail that has waited ``YIELD_WINDOW``, so a load that never pauses
-    cannot starve processing.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._broken = False
-
-    def touch(self) -> None:
-        if self._broken:
-            return
-        try:
-            os.utime(self.path)
-        except FileNotFoundError:
-            with contextlib.suppress(OSError):
-                self.path.touch()
-        except OSError as exc:  # a read-only directory: processing simply does not wait
-            self._broken = True
-            log.warning("cannot stamp %s (%s); queued mail will be processed without yielding to intake",
-                        self.path, exc)
-
-    def wait_quiet(self, quiet: float = QUIET_SECONDS, limit: float = YIELD_MAX_SECONDS) -> float:
-        """Sleep until the listener has been quiet for ``quiet`` seconds, at most ``limit``; the time waited."""
-        started = time.monotonic()
-        while True:
-            try:
-                age = time.time() - self.path.stat().st_mtime
-            except OSError:
-                return 0.0
-            waited = time.monotonic() - started
-            if age >= quiet or waited >= limit:
-                return waited
-            time.sleep(min(quiet - age, limit - waited, 0.01))
-
-
-def intake_stamp(settings: Settings) -> IntakeStamp:
-    return IntakeStamp(Path(settings.data_dir) / "intake.stamp")
 
 
 def stuck_queue_rule(session: Session, settings: Settings, now: datetime) -> list[dict[str, object]]:

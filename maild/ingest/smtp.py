@@ -18,30 +18,40 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from sqlalchemy.orm import Session as DbSession
-from sqlalchemy.orm import sessionmaker
 
 from maild import clock
 from maild.config import Settings
 from maild.faults import fault_point
 from maild.ingest.batch import Batcher
-from maild.ingest.queue_run import intake_stamp
 from maild.ingest.raw import RawMail
+from maild.ingest.stamp import intake_stamp
 from maild.logs import MESSAGE_LINE
 
 if TYPE_CHECKING:
+    # Types only: the listener process (maild.listener) imports this module and must not load SQLAlchemy.
+    from sqlalchemy.orm import Session as DbSession
+    from sqlalchemy.orm import sessionmaker
+
+    from maild.ingest.intake_store import Queued
     from maild.ingest.pipeline import IngestResult
-    from maild.ingest.queue import Queued
-    from maild.ingest.queue_run import QueueRunner
     from maild.ingest.spool import Spool
     from maild.ingest.workers import IntakePool
 
 log = logging.getLogger(__name__)
 
-IngestFn = Callable[[sessionmaker[DbSession], Settings, RawMail], "IngestResult"]
+IngestFn = Callable[["sessionmaker[DbSession]", Settings, RawMail], "IngestResult"]
+# Commits a batch of messages to the queue and returns after the commit: one answer per message.
+EnqueueFn = Callable[[Sequence[RawMail]], "Sequence[Queued | Exception]"]
+
+
+class Waker(Protocol):
+    """What runs the queue: told after each commit that there is mail to process (``QueueRunner``, or
+    the pipe to the work process in ``maild.listener``)."""
+
+    def wake(self) -> None: ...
 
 # Reply strings (RFC 5321 §4.2 codes with RFC 3463 enhanced status codes). Never exception text.
 REPLY_MAIL_OK = "250 2.1.0 Ok"
@@ -117,14 +127,16 @@ def _peer_host(peer: Any) -> str | None:
 class IntakeHandler:
     """aiosmtpd handler hooks for the intake addresses; one instance serves every session."""
 
-    def __init__(self, factory: sessionmaker[DbSession], settings: Settings,
+    def __init__(self, factory: sessionmaker[DbSession] | None, settings: Settings,
                  ingest_fn: IngestFn | None = None,
                  disk_free: Callable[[], int | None] | None = None,
-                 pool: IntakePool | None = None, queue: QueueRunner | None = None) -> None:
-        self.factory = factory
+                 pool: IntakePool | None = None, queue: Waker | None = None,
+                 enqueue: EnqueueFn | None = None) -> None:
+        self.factory = factory  # None in the listener process: it only queues (``enqueue``)
         self.pool = pool
         self.queue = queue
         self.settings = settings
+        self._enqueue_fn = enqueue
         # A replacement ingest_fn (tests) runs per message in a thread; maild's own pipeline runs in
         # batches (group commit): queued in threads of the daemon, or processed before the reply,
         # in worker processes when there is a pool.
@@ -232,20 +244,30 @@ class IntakeHandler:
         return REPLY_QUEUED.format(ref=f"raw-{queued.raw_id}")
 
     async def _enqueue_batch(self, raws: Sequence[RawMail]) -> Sequence[Queued | Exception]:
-        from maild.ingest.queue import enqueue_batch
+        enqueue = self._enqueue_fn
+        if enqueue is None:  # in the daemon's own process: its engine's connection
+            from functools import partial
 
+            from maild.ingest.queue import enqueue_batch
+
+            enqueue = self._enqueue_fn = partial(enqueue_batch, self._store())
         self._stamp.touch()  # the queue's processing holds back while intake commits (IntakeStamp)
         try:
-            return await asyncio.to_thread(enqueue_batch, self.factory, raws)
+            return await asyncio.to_thread(enqueue, raws)
         finally:
             self._stamp.touch()
             if self.queue is not None:
                 self.queue.wake()
 
+    def _store(self) -> sessionmaker[DbSession]:
+        if self.factory is None:
+            raise RuntimeError("this listener only queues mail: it has no store session factory")
+        return self.factory
+
     async def _ingest(self, raw: RawMail) -> IngestResult:
         # The pipeline runs off the event loop, so the loop keeps serving other sessions.
         if self.ingest_fn is not None:
-            return await asyncio.to_thread(self.ingest_fn, self.factory, self.settings, raw)
+            return await asyncio.to_thread(self.ingest_fn, self._store(), self.settings, raw)
         return await self._batcher.ingest(raw)
 
     async def _run_batch(self, raws: Sequence[RawMail]) -> Sequence[IngestResult | Exception]:
@@ -254,7 +276,7 @@ class IntakeHandler:
         # Imported here so the listener module does not pull in the whole pipeline at import.
         from maild.ingest.pipeline import run_ingest_batch
 
-        return await asyncio.to_thread(run_ingest_batch, self.factory, self.settings, raws)
+        return await asyncio.to_thread(run_ingest_batch, self._store(), self.settings, raws)
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default answers "500 Error: (<class>) <text>": a 5yz makes the MTA bounce

@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AnyStr
 
 from aiosmtpd.smtp import MISSING, SMTP, syntax
-from sqlalchemy.orm import Session as DbSession
-from sqlalchemy.orm import sessionmaker
 
 from maild.config import Settings
 from maild.ingest.smtp import (
@@ -34,13 +32,18 @@ from maild.ingest.smtp import (
     REPLY_NO_STORAGE,
     REPLY_SHUTDOWN,
     REPLY_TOO_BIG,
+    EnqueueFn,
     IngestFn,
     IntakeHandler,
+    Waker,
 )
 from maild.ingest.spool import Spool
 
 if TYPE_CHECKING:
-    from maild.ingest.queue_run import QueueRunner
+    # Types only: the listener process (maild.listener) must not load SQLAlchemy.
+    from sqlalchemy.orm import Session as DbSession
+    from sqlalchemy.orm import sessionmaker
+
     from maild.ingest.workers import IntakePool
 
 log = logging.getLogger(__name__)
@@ -222,13 +225,15 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def start_server(factory: sessionmaker[DbSession], settings: Settings, *,
+async def start_server(factory: sessionmaker[DbSession] | None, settings: Settings, *,
                        ingest_fn: IngestFn | None = None, listen: str | None = None,
                        max_connections: int = MAX_CONNECTIONS, pool: IntakePool | None = None,
-                       queue: QueueRunner | None = None) -> IntakeServer:
-    """Bind the listener on the running loop (``listen`` defaults to ``[smtp] listen``)."""
+                       queue: Waker | None = None, enqueue: EnqueueFn | None = None) -> IntakeServer:
+    """Bind the listener on the running loop (``listen`` defaults to ``[smtp] listen``). With
+    ``queue``, mail is committed to the queue (by ``enqueue``, or on ``factory``'s engine) and
+    ``queue`` is woken after each commit; ``factory`` may then be None."""
     host, port = split_listen(listen or settings.smtp.listen)
-    handler = IntakeHandler(factory, settings, ingest_fn=ingest_fn, pool=pool, queue=queue)
+    handler = IntakeHandler(factory, settings, ingest_fn=ingest_fn, pool=pool, queue=queue, enqueue=enqueue)
     tls = make_tls_context(settings)
     loop = asyncio.get_running_loop()
     # aiosmtpd would resolve the FQDN for every session; once is enough.

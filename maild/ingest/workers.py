@@ -89,7 +89,7 @@ def _ingest_batch(raws: Sequence[RawMail]) -> list[IngestResult | Exception]:
 def _process_pending() -> int:
     """The queue's next messages in the worker (``maild.ingest.queue``); how many were taken."""
     from maild.ingest.queue import process_pending
-    from maild.ingest.queue_run import intake_stamp
+    from maild.ingest.stamp import intake_stamp
 
     if _STATE is None:
         raise RuntimeError("intake worker not initialised")
