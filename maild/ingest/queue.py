@@ -44,10 +44,11 @@ from sqlalchemy.sql import ColumnElement
 
 from maild import blobio, clock
 from maild.config import Settings
-from maild.db import open_lock_file, transaction
+from maild.db import transaction
 from maild.faults import fault_hang, fault_point
 from maild.ingest import bigmail
 from maild.ingest.raw import RawMail, from_stored
+from maild.locks import open_lock_file
 from maild.models import RawBody, RawMessage
 
 if TYPE_CHECKING:
