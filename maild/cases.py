@@ -177,7 +177,7 @@ def store_attachment(session: Session, msg: CaseMessage, filename: str, content_
         session.flush()  # the blob row before the attachment row that references it (no ORM relationship orders them)
         if held is not None:
             table = cast(Table, Blob.__table__)
-            blobio.write(session.connection(), table, "data", table.c.sha256 == digest, held.chunks(), size)
+            blobio.write(session.connection(), table, "data", "sha256", digest, held.chunks(), size)
             session.expire(blob, ["data"])  # the ORM's copy says b""; the row now holds the bytes
     session.add(AttachmentRow(message_id=msg.id, filename=filename, content_type=content_type[:255],
                               size=size, sha256=digest, token=secrets.token_urlsafe(24)))

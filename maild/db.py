@@ -10,11 +10,8 @@ RELIABILITY rule 1) and takes the write lock at BEGIN (``BEGIN IMMEDIATE``), so 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import os
 import threading
-import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +21,8 @@ from typing import Any, cast
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from maild.locks import WriterLock, lock_path
 
 log = logging.getLogger(__name__)
 
@@ -79,94 +78,16 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-# SQLite has one writer. Left to SQLite, waiting writers poll in its busy handler with growing sleeps,
-# and one can lose the race again and again past busy_timeout (a 451 under load, a 2.5 s p99 in the
-# benchmark). So writers queue instead: the threads of one process on an RLock, and processes (intake
-# workers, the CLI, a second daemon) on flock(2) of a file beside the database, which the kernel hands
-# on as soon as it is released. BEGIN IMMEDIATE still guards against writers that take neither.
-class _WriterLock:
-    """Re-entrant within a thread (a nested transaction is safe); the flock is held at depth 1 only.
-
-    Waiting is bounded by the engine's busy timeout, as SQLite's own wait was: past it, TimeoutError
-    (an SMTP 451, an IMAP message left unflagged for the next poll, a one-line CLI error), never an
-    endless wait behind a stuck writer (a CLI paused in a pager, a hung process).
-    """
-
-    def __init__(self, lock_path: str | None, timeout: float) -> None:
-        self._rlock = threading.RLock()
-        self._depth = 0  # changed only by the thread holding _rlock
-        self._path = lock_path
-        self._fd: int | None = None
-        self._timeout = timeout
-
-    def __enter__(self) -> None:
-        deadline = time.monotonic() + self._timeout
-        if not self._rlock.acquire(timeout=self._timeout):
-            raise TimeoutError(f"database is locked: another writer held it for more than {self._timeout:g} s")
-        self._depth += 1
-        if self._depth == 1 and self._path is not None:
-            try:
-                if self._fd is None:
-                    self._fd = open_lock_file(self._path)
-                if self._fd is None:  # cannot be opened: SQLite's own busy wait still keeps writers apart
-                    self._path = None
-                    return
-                _flock_until(self._fd, deadline, self._timeout)
-            except BaseException:
-                self._depth -= 1
-                self._rlock.release()
-                raise
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            if self._depth == 1 and self._fd is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            self._depth -= 1
-            self._rlock.release()
-
-
-def _flock_until(fd: int, deadline: float, timeout: float) -> None:
-    pause = 0.0005
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"database is locked: another process held it for more than {timeout:g} s") from None
-            time.sleep(pause)
-            pause = min(pause * 2, 0.004)  # short polls: the next writer starts within a few ms
-
-
-def open_lock_file(path: str, owner_of: str | None = None) -> int | None:
-    """The lock file, made with the database file's owner and group when root makes it (an operator's
-    ``maild`` command as root must not lock the daemon's user out); None, logged, if it cannot be
-    opened (a read-only directory, another user's file)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
-    except OSError as exc:
-        log.warning("SQLite writers of several processes will not queue in order: %s", exc)
-        return None
-    database = owner_of or path.removesuffix("-writer.lock")
-    if os.geteuid() == 0 and os.path.exists(database):
-        with contextlib.suppress(OSError):
-            owner = os.stat(database)
-            os.fchown(fd, owner.st_uid, owner.st_gid)
-    return fd
-
-
-_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, _WriterLock] = weakref.WeakKeyDictionary()
+# SQLite writers queue on a WriterLock (maild.locks says why), one per engine, shared by its threads;
+# processes queue on the same lock file, so the SMTP listener's lean store takes turns with them.
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, WriterLock] = weakref.WeakKeyDictionary()
 _BUSY_TIMEOUT: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
 _NEW_LOCK = threading.Lock()
 _NO_LOCK = contextlib.nullcontext()
 
 
 def _lock_path(engine: Engine) -> str | None:
-    database = engine.url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return f"{Path(database).resolve()}-writer.lock"
+    return lock_path(engine.url.database)
 
 
 def _writer_lock(factory: sessionmaker[Session]) -> contextlib.AbstractContextManager[object]:
@@ -179,7 +100,7 @@ def _writer_lock(factory: sessionmaker[Session]) -> contextlib.AbstractContextMa
             lock = _SQLITE_WRITERS.get(bind)
             if lock is None:
                 timeout = _BUSY_TIMEOUT.get(bind, DEFAULT_BUSY_TIMEOUT_MS) / 1000
-                lock = _SQLITE_WRITERS[bind] = _WriterLock(_lock_path(bind), timeout)
+                lock = _SQLITE_WRITERS[bind] = WriterLock(_lock_path(bind), timeout)
     return lock
 
 

@@ -190,8 +190,7 @@ def store_raw(session: Session, raw: RawMail, now: datetime,
     session.flush()
     if len(raw.data) > bigmail.LARGE:  # in pieces: sqlite3 would copy the value whole, and SQLite again
         bodies = cast(Table, RawBody.__table__)
-        blobio.write(session.connection(), bodies, "data", bodies.c.id == stored.id, pieces(raw.data),
-                     len(raw.data))
+        blobio.write(session.connection(), bodies, "data", "id", stored.id, pieces(raw.data), len(raw.data))
         session.expire(stored.body, ["data"])
     return stored, None
 

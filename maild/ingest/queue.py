@@ -35,19 +35,19 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import Connection, Table, func, insert, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql import ColumnElement
 
 from maild import blobio, clock
 from maild.config import Settings
-from maild.db import open_lock_file, transaction
+from maild.db import transaction
 from maild.faults import fault_hang, fault_point
 from maild.ingest import bigmail
+from maild.ingest.intake_store import Queued as Queued  # re-exported: the queue's callers know it from here
+from maild.ingest.intake_store import insert_batch
 from maild.ingest.raw import RawMail, from_stored
+from maild.locks import open_lock_file
 from maild.models import RawBody, RawMessage
 
 if TYPE_CHECKING:
@@ -62,14 +62,6 @@ YIELD_WINDOW = timedelta(seconds=30)  # processing yields to intake only for mai
 _ADVISORY_KEY = 0x6D61696C64  # "maild": the PostgreSQL lock of the one process working the queue
 
 
-@dataclass(frozen=True)
-class Queued:
-    """A message committed to the queue: its row, and whether that row was already there."""
-
-    raw_id: int
-    duplicate: bool
-
-
 def enqueue_batch(factory: sessionmaker[Session], raws: Sequence[RawMail]) -> list[Queued | Exception]:
     """Commit each message's bytes and envelope, all in one transaction; returns after the commit.
 
@@ -79,104 +71,17 @@ def enqueue_batch(factory: sessionmaker[Session], raws: Sequence[RawMail]) -> li
     bytes. If that fails, the transaction is rolled back and each message is tried on its own, so one
     that cannot be stored gets its exception and leaves the others alone. A failed commit raises for
     all. No savepoint on the common path: on PostgreSQL each costs two round trips per batch.
+
+    The statements are ``maild.ingest.intake_store``'s, run here on the DB-API connection under this
+    SQLAlchemy transaction: the SMTP listener's own process runs the same ones without SQLAlchemy
+    (``IntakeStore``), so there is one insert, whichever process commits the mail. The fallback's
+    rollback and savepoints are issued on that DB-API connection too; SQLAlchemy's transaction only
+    begins it (``BEGIN IMMEDIATE`` on SQLite, under the writer lock) and commits it.
     """
     with transaction(factory) as session:
-        try:
-            results: list[Queued | Exception] = list(_insert_all(session, raws))
-        except Exception:
-            if len(raws) == 1:
-                raise
-            log.warning("a batch of %d messages could not be queued at once; trying each", len(raws), exc_info=True)
-            session.rollback()  # the same transaction() goes on: the next statement begins anew
-            results = [_insert_one(session, raw) for raw in raws]
+        results = insert_batch(session.connection().connection.driver_connection, raws)
         fault_point("before_commit")
     return results
-
-
-def _insert_one(session: Session, raw: RawMail) -> Queued | Exception:
-    try:
-        with session.begin_nested():
-            return _insert_all(session, [raw])[0]
-    except Exception as exc:
-        log.exception("message %s could not be queued; it will be answered 451", raw.sha256[:12])
-        return exc
-
-
-def _keys(raw: RawMail) -> list[str]:
-    return [raw.envelope_key] + ([raw.source_key] if raw.source_key else [])
-
-
-def _insert_all(session: Session, raws: Sequence[RawMail]) -> list[Queued]:
-    fresh: list[RawMail] = []
-    in_batch: dict[str, int] = {}  # envelope or source key -> index in fresh, for copies in this very batch
-    plan: list[tuple[bool, int]] = []  # (a copy of an earlier one in the batch, its index in fresh)
-    for raw in raws:
-        index = next((in_batch[k] for k in _keys(raw) if k in in_batch), None)
-        if index is None:
-            index = len(fresh)
-            in_batch.update(dict.fromkeys(_keys(raw), index))
-            fresh.append(raw)
-            plan.append((False, index))
-        else:
-            plan.append((True, index))
-    conn = session.connection()
-    new = _insert_rows(conn, fresh)  # envelope key -> id of each row inserted now
-    stored = _stored_copies(conn, [raw for raw in fresh if raw.envelope_key not in new])
-    bodies = cast(Table, RawBody.__table__)
-    written = [(raw, new[raw.envelope_key]) for raw in fresh if raw.envelope_key in new]
-    if written:
-        conn.execute(insert(bodies), [{"id": row_id, "data": raw.data} for raw, row_id in written])
-    for raw, row_id in written:
-        if raw.spool is not None:  # a large message: its bytes go in from the spool file, in pieces
-            blobio.write(conn, bodies, "data", bodies.c.id == row_id, raw.spool.chunks(), raw.spool.size)
-    results = []
-    for copy, index in plan:
-        raw = fresh[index]
-        row_id = new.get(raw.envelope_key) or stored[raw.envelope_key]
-        duplicate = copy or raw.envelope_key not in new
-        if duplicate:
-            conn.execute(update(RawMessage).where(RawMessage.id == row_id).values(duplicates=RawMessage.duplicates + 1))
-        results.append(Queued(row_id, duplicate))
-    return results
-
-
-def _insert_rows(conn: Connection, fresh: Sequence[RawMail]) -> dict[str, int]:
-    """Insert a row for each message, skipping any whose envelope or source key is stored already
-    (a resend after a lost ``250``, RELIABILITY D2); the envelope keys of those inserted, with ids."""
-    if not fresh:
-        return {}
-    now = clock.now()
-    table = cast(Table, RawMessage.__table__)  # Core, not the ORM's bulk path: runs for every SMTP message
-    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    statement = dialect_insert(table).on_conflict_do_nothing().returning(table.c.id, table.c.envelope_key)
-    rows = conn.execute(statement, [
-        {"envelope_key": raw.envelope_key, "sha256": raw.sha256, "source": raw.source,
-         "source_key": raw.source_key, "mail_from": raw.mail_from, "rcpt_tos": list(raw.rcpt_tos),
-         "peer": raw.peer, "helo": raw.helo, "tls": raw.tls, "received_at": raw.received_at or now,
-         "size": raw.size, "reason": "", "duplicates": 0, "attempts": 0} for raw in fresh])
-    return {row.envelope_key: row.id for row in rows}
-
-
-def _stored_copies(conn: Connection, copies: Sequence[RawMail]) -> dict[str, int]:
-    """For messages a stored row already holds (by envelope or source key): envelope key -> that row."""
-    if not copies:
-        return {}
-    where: ColumnElement[bool] = RawMessage.envelope_key.in_([raw.envelope_key for raw in copies])
-    sources = [raw.source_key for raw in copies if raw.source_key]
-    if sources:
-        where = where | RawMessage.source_key.in_(sources)
-    by_key: dict[str, int] = {}
-    for row in conn.execute(select(RawMessage.id, RawMessage.envelope_key, RawMessage.source_key).where(where)):
-        by_key[row.envelope_key] = row.id
-        if row.source_key:
-            by_key[row.source_key] = row.id
-    found = {}
-    for raw in copies:
-        row_id = next((by_key[k] for k in _keys(raw) if k in by_key), None)
-        if row_id is None:  # neither key stored, yet the insert skipped it: nothing sensible to answer
-            raise LookupError(f"message {raw.sha256[:12]} was neither inserted nor found")
-        found[raw.envelope_key] = row_id
-    return found
 
 
 @dataclass(frozen=True)
