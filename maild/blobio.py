@@ -16,10 +16,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from sqlalchemy import Connection, Engine, Table, func, select
+from sqlalchemy.exc import DBAPIError
 
 from maild.ingest import intake_store
 
 CHUNK = 1 << 20  # bytes read at a time
+PG_SLICE = 8 << 20  # bytes read at a time on PostgreSQL (see read())
 
 
 def write(conn: Connection, table: Table, column: str, key_column: str, key: object,
@@ -44,15 +46,27 @@ def read(engine: Engine, table: Table, column: str, row_id: int, size: int,
             raw.close()
         return
     col = table.c[column]
-    # Larger slices on PostgreSQL: a compressed value is decompressed from its start for every slice
-    # (raw bodies are stored uncompressed since migration 0006; older ones and blobs may not be).
-    step = max(chunk, intake_store.PG_PIECE)
+    # ``chunk``-byte slices cost PostgreSQL nothing extra on a value stored uncompressed, as raw bodies
+    # are since migration 0006: ``substring`` reads only the TOAST chunks it needs. An older,
+    # compressed value is decompressed from its start for every slice, so it is read in larger ones.
+    step = chunk if _uncompressed(engine, table, column, row_id) else max(chunk, PG_SLICE)
     with engine.connect() as conn:
         for pos in range(0, size, step):
             piece = conn.scalar(select(func.substring(col, pos + 1, step)).where(table.c.id == row_id))
             if not piece:
                 return
             yield bytes(piece)
+
+
+def _uncompressed(engine: Engine, table: Table, column: str, row_id: int) -> bool:
+    """PostgreSQL: whether the value is stored uncompressed (``pg_column_compression``, PostgreSQL 14+;
+    an older server answers False, and the value is read in large slices, as before)."""
+    try:
+        with engine.connect() as conn:
+            method = conn.scalar(select(func.pg_column_compression(table.c[column])).where(table.c.id == row_id))
+    except DBAPIError:
+        return False
+    return method is None
 
 
 def read_whole(engine: Engine, table: Table, column: str, row_id: int, size: int) -> bytes:

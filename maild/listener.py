@@ -35,15 +35,13 @@ from typing import TYPE_CHECKING
 
 from maild.ingest.smtp_server import start_server
 from maild.notify import notify, watchdog_interval
-from maild.workproc import WorkProcess
+from maild.workproc import EXIT_STUCK, WorkProcess
 
 if TYPE_CHECKING:
     from maild.config import Settings
     from maild.ingest.smtp import IngestFn
 
 log = logging.getLogger(__name__)
-
-EXIT_STUCK = 70  # as maild.daemon's: the work process exited 70 at stop (a message hung there)
 
 
 def run(settings: Settings, *, stop_event: threading.Event | None = None,

@@ -29,7 +29,9 @@ def notify(state: str, env: Mapping[str, str] | None = None) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(address)
-            sock.sendall(state.encode("utf-8"))
+            # Never wait: this runs on the event loop that serves SMTP. A full socket (its reader
+            # has stopped reading) drops this one notification, logged below.
+            sock.send(state.encode("utf-8"), socket.MSG_DONTWAIT)
     except OSError as exc:
         log.warning("sd_notify %s failed: %s", state.split("=", 1)[0], exc)
         return False

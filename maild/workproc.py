@@ -46,6 +46,7 @@ HEARTBEAT_TIMEOUT = 60.0  # no message for this long: the work process is wedged
 RESTART_FIRST = 1.0  # seconds before the first restart; doubled after each quick failure ...
 RESTART_MAX = 30.0  # ... up to this
 HEALTHY_AFTER = 60.0  # a work process that ran this long starts the delays from RESTART_FIRST again
+EXIT_STUCK = 70  # maild.daemon's exit when a message hangs processing in its own thread
 STOP_MARGIN = 15.0  # past the grace, before a stopping work process is killed (its own margin is 10 s)
 
 # The work process's entry, run with -c rather than -m: as __main__ this module would be imported
@@ -140,8 +141,11 @@ class WorkProcess:
         if self._restart_at is None:
             self._close_channels()
             ran = now - self._started
-            self._delay = RESTART_FIRST if ran >= HEALTHY_AFTER else min(RESTART_MAX, self._delay * 2)
-            why = "a message hung processing" if code == 70 else (
+            # A hung message (70) ran its process_timeout first and is quarantined after 3 runs: no
+            # need to slow down. Quick failures otherwise (the store is down ...) double the delay.
+            quick = ran < HEALTHY_AFTER and code != EXIT_STUCK
+            self._delay = min(RESTART_MAX, self._delay * 2) if quick else RESTART_FIRST
+            why = "a message hung processing" if code == EXIT_STUCK else (
                 f"killed by signal {-code}" if code < 0 else f"exit {code}")
             log.critical("work process %d stopped after %.0f s (%s); starting it again in %.0f s while intake "
                          "goes on into the queue", self._proc.pid, ran, why, self._delay)
@@ -157,13 +161,7 @@ class WorkProcess:
     async def stop(self, grace: float) -> int | None:
         """Ask the work process to stop within ``grace`` seconds (its queue run, its jobs); kill it if
         it has not exited ``STOP_MARGIN`` later. Its exit status; None if none was running."""
-        self._stopping = True
-        if self._proc is not None and self._proc.poll() is not None and grace > 0:
-            # Down, waiting to be started again: one more run works off what intake queued meanwhile,
-            # within the grace, as a running work process would have.
-            self._close_channels()
-            with contextlib.suppress(OSError):
-                self.start()
+        self._stopping = True  # one that is down stays down: what it would have done waits in the queue
         proc = self._proc
         if proc is None:
             return None

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -100,3 +101,21 @@ def test_setup_logging_writes_timestamped_lines_to_the_stream() -> None:
             if handler not in before[0]:
                 root.removeHandler(handler)
         root.setLevel(before[1])
+
+
+def test_notify_never_waits_for_a_reader_that_stopped_reading(listener: tuple[str, socket.socket]) -> None:
+    # notify() runs on the event loop that serves SMTP: when the socket's queue is full it drops the
+    # notification (False) instead of blocking the loop until someone reads.
+    path, _sock = listener
+    env = {"NOTIFY_SOCKET": path}
+    sent: list[int] = []
+
+    def fill() -> None:
+        while notify("WATCHDOG=1", env=env) and len(sent) < 100_000:
+            sent.append(1)
+
+    filler = threading.Thread(target=fill, daemon=True)
+    filler.start()
+    filler.join(10)
+    assert not filler.is_alive(), "notify() blocked on a full socket"
+    assert 0 < len(sent) < 100_000

@@ -21,7 +21,7 @@ from helpers import Desk, build_mail
 from sqlalchemy import select
 
 from maild.db import transaction
-from maild.ingest import bigmail, intake_store, spool
+from maild.ingest import bigmail, spool
 from maild.ingest.smtp_server import make_controller
 from maild.models import AttachmentRow, Blob, CaseMessage, RawBody, RawMessage
 
@@ -77,7 +77,6 @@ def wait_processed(desk: Desk) -> None:
 @pytest.mark.parametrize("queued", [True, False], ids=["queue", "no-queue"])
 def test_a_large_message_is_kept_byte_exact_and_its_attachment_decoded_into_the_case(
         desk: Desk, queued: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(intake_store, "PG_PIECE", 1 << 20)  # PostgreSQL builds the value in several appends
     splits = spy_on_split(monkeypatch)
     attachment = payload(4_500_000)
     data = big_mail(attachment)
