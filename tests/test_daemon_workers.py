@@ -231,14 +231,18 @@ def test_ctrl_c_reaching_the_workers_does_not_break_intake(pooled: tuple[Desk, M
     desk, proc = pooled
     proc.start()
     assert proc.proc is not None
-    for pid in children(proc.proc.pid):
+    work = work_process(proc.proc.pid)  # with the queue, the pool is the work process's
+    for pid in children(work or proc.proc.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGINT)
             os.kill(pid, signal.SIGTERM)
+    if work is not None:  # Ctrl-C reaches it too: it leaves stopping to the listener, in order
+        os.kill(work, signal.SIGINT)
     time.sleep(0.5)
     ledger = Ledger()
     assert smtp_send(proc.port, ledger, ledger.mail(1)) == 250
     assert "intake worker died" not in proc.log.read_text()
+    assert work_process(proc.proc.pid) == work  # the same work process goes on
     assert proc.stop() == 0
     assert check_no_loss(desk.settings.database_url, ledger)["accepted"] == 1
 
