@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -86,8 +87,8 @@ class WorkProcess:
         wake_r, wake_w = os.pipe()
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", _ENTRY, str(theirs.fileno()), str(wake_r)],
-                pass_fds=(theirs.fileno(), wake_r), stdin=subprocess.DEVNULL)
+                [sys.executable, "-P", "-c", _ENTRY, str(theirs.fileno()), str(wake_r)],
+                pass_fds=(theirs.fileno(), wake_r), stdin=subprocess.DEVNULL, env=_child_env())
         except BaseException:
             ours.close()
             os.close(wake_w)
@@ -201,6 +202,17 @@ class WorkProcess:
         if self._wake_fd is not None:
             os.close(self._wake_fd)
             self._wake_fd = None
+
+
+def _child_env() -> dict[str, str]:
+    """The listener's environment, with the directory this maild was imported from first on the path:
+    the work process runs the same code (``-P``: not whatever the working directory holds)."""
+    env = dict(os.environ)
+    home = Path(__file__).resolve().parent.parent
+    if home.name not in ("site-packages", "dist-packages"):  # installed: the interpreter finds it anyway,
+        # and site-packages in PYTHONPATH would come before the standard library
+        env["PYTHONPATH"] = os.pathsep.join([str(home), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
+    return env
 
 
 class Parent:
