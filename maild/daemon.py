@@ -39,6 +39,7 @@ from maild.ingest.queue_run import QueueRunner, make_runner
 from maild.ingest.smtp import IngestFn
 from maild.ingest.smtp_server import start_server
 from maild.ingest.workers import IntakePool
+from maild.listener import install_signals, release, watchdog
 from maild.notify import notify, watchdog_interval
 from maild.workproc import Parent
 
@@ -147,23 +148,6 @@ def start_workers(factory: sessionmaker[Session], settings: Settings,
     return threads
 
 
-async def _watchdog(interval: float) -> None:
-    while True:
-        notify("WATCHDOG=1")
-        await asyncio.sleep(interval)
-
-
-def _install_signals(loop: asyncio.AbstractEventLoop, stop: threading.Event,
-                     work: bool = False) -> list[signal.Signals]:
-    if threading.current_thread() is not threading.main_thread():
-        return []  # only the main thread may handle signals; the caller stops us via stop_event
-    # The work process leaves SIGINT (Ctrl-C, sent to the whole group) to the listener (maild.workproc).
-    signals = [signal.SIGTERM] if work else [signal.SIGTERM, signal.SIGINT]
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
-    return signals
-
-
 def _intake_pool(settings: Settings) -> IntakePool | None:
     """The intake worker processes of ``[smtp] processes``, started before READY; None for 0."""
     if settings.smtp.processes == 0:
@@ -216,7 +200,8 @@ async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threa
     """The daemon's event loop; with ``parent``, the work process's: everything but SMTP, which the
     listener process runs (``maild.listener``), woken by it after each commit."""
     loop = asyncio.get_running_loop()
-    signals = _install_signals(loop, stop, work=parent is not None)
+    # The work process leaves SIGINT (Ctrl-C, sent to the whole group) to the listener (maild.workproc).
+    signals = install_signals(loop, stop, (signal.SIGTERM,) if parent is not None else (signal.SIGTERM, signal.SIGINT))
     try:
         pool = _intake_pool(settings) if ingest_fn is None else None
     except Exception as exc:  # a worker could not start (imports, the store): say so, exit 1
@@ -244,7 +229,7 @@ async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threa
     else:
         parent.ready()
     interval = watchdog_interval()
-    dog = asyncio.create_task(_watchdog(interval)) if interval else None
+    dog = asyncio.create_task(watchdog(interval)) if interval else None
     stuck: str | None = None
     try:
         while not stop.is_set():
@@ -270,11 +255,7 @@ async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threa
             if thread.is_alive():
                 log.warning("%s still busy at exit", thread.name)
     finally:
-        stop.set()
-        if dog is not None:
-            dog.cancel()
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+        release(loop, stop, dog, signals)
         if parent is not None:
             parent.close(loop)
     if stuck is not None:

@@ -58,26 +58,39 @@ def run(settings: Settings, *, stop_event: threading.Event | None = None,
     return code
 
 
-def _install_signals(loop: asyncio.AbstractEventLoop, stop: threading.Event) -> list[signal.Signals]:
+def install_signals(loop: asyncio.AbstractEventLoop, stop: threading.Event,
+                    signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> list[signal.Signals]:
+    """``stop`` set on these signals; none when not the main thread (only it may handle signals:
+    the caller then stops us with ``stop``). Also the work process's (``maild.daemon``)."""
     if threading.current_thread() is not threading.main_thread():
-        return []  # only the main thread may handle signals; the caller stops us via stop_event
-    signals = [signal.SIGTERM, signal.SIGINT]
+        return []
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
-    return signals
+    return list(signals)
 
 
-async def _watchdog(interval: float) -> None:
+async def watchdog(interval: float) -> None:
+    """``WATCHDOG=1`` every ``interval`` seconds from the event loop: a wedged loop stops the pings."""
     while True:
         notify("WATCHDOG=1")
         await asyncio.sleep(interval)
+
+
+def release(loop: asyncio.AbstractEventLoop, stop: threading.Event, dog: asyncio.Task[None] | None,
+            signals: list[signal.Signals]) -> None:
+    """The end of an event loop's run: ``stop`` set for every job, the watchdog and signals let go."""
+    stop.set()
+    if dog is not None:
+        dog.cancel()
+    for sig in signals:
+        loop.remove_signal_handler(sig)
 
 
 async def _serve(settings: Settings, stop: threading.Event) -> int:
     from maild.ingest.intake_store import IntakeStore
 
     loop = asyncio.get_running_loop()
-    signals = _install_signals(loop, stop)
+    signals = install_signals(loop, stop)
     work = WorkProcess(settings, logging.getLogger().getEffectiveLevel())
     dog: asyncio.Task[None] | None = None
     store: IntakeStore | None = None
@@ -103,7 +116,7 @@ async def _serve(settings: Settings, stop: threading.Event) -> int:
             return 1
         notify(f"READY=1\nSTATUS=accepting mail on {settings.smtp.listen}; work process {work.pid}")
         interval = watchdog_interval()
-        dog = asyncio.create_task(_watchdog(interval)) if interval else None
+        dog = asyncio.create_task(watchdog(interval)) if interval else None
         while not stop.is_set():
             await asyncio.sleep(0.1)
             work.check()
@@ -114,10 +127,6 @@ async def _serve(settings: Settings, stop: threading.Event) -> int:
         code = await work.stop(max(0.0, deadline - time.monotonic()))
         return EXIT_STUCK if code == EXIT_STUCK else 0
     finally:
-        stop.set()
-        if dog is not None:
-            dog.cancel()
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+        release(loop, stop, dog, signals)
         if store is not None:
             store.close()

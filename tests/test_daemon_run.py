@@ -54,6 +54,17 @@ def notify_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
     os.rmdir(directory)
 
 
+def run_in_thread(tmp_path: Path, port: int) -> tuple[Settings, threading.Event, list[int], threading.Thread]:
+    """``listener.run`` on a SQLite store in ``tmp_path``, started in a thread: its settings, the event
+    that stops it, the list its exit code goes to, and the thread."""
+    settings = Settings(smtp=SmtpSettings(listen=f"127.0.0.1:{port}", shutdown_grace=5),
+                        paths=PathSettings(data=str(tmp_path)), base_dir=str(tmp_path))
+    stop, codes = threading.Event(), []
+    runner = threading.Thread(target=lambda: codes.append(listener.run(settings, stop_event=stop)))
+    runner.start()
+    return settings, stop, codes, runner
+
+
 def wait_for(sock: socket.socket, prefix: bytes) -> bytes:
     while True:
         message = sock.recv(4096)
@@ -111,11 +122,7 @@ def test_250_means_the_bytes_are_in_the_store(tmp_path: Path) -> None:
     from sqlalchemy import create_engine, text
 
     port = free_port()
-    settings = Settings(smtp=SmtpSettings(listen=f"127.0.0.1:{port}", shutdown_grace=5),
-                        paths=PathSettings(data=str(tmp_path)), base_dir=str(tmp_path))
-    stop, codes = threading.Event(), []
-    runner = threading.Thread(target=lambda: codes.append(listener.run(settings, stop_event=stop)))
-    runner.start()
+    settings, stop, codes, runner = run_in_thread(tmp_path, port)
     message = (b"From: alice@customer.example\r\nTo: support@example.com\r\n"
                b"Message-ID: <e2e-1@customer.example>\r\nSubject: printer\r\n\r\nhelp\r\n")
     try:
@@ -202,11 +209,7 @@ def test_systemd_hears_the_listener_only_and_the_work_process_runs_beside_it(
     # process, SO_PASSCRED), none from the work process, whose NOTIFY_SOCKET is taken away.
     notify_socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     port = free_port()
-    settings = Settings(smtp=SmtpSettings(listen=f"127.0.0.1:{port}", shutdown_grace=5),
-                        paths=PathSettings(data=str(tmp_path)), base_dir=str(tmp_path))
-    stop, codes = threading.Event(), []
-    runner = threading.Thread(target=lambda: codes.append(listener.run(settings, stop_event=stop)))
-    runner.start()
+    _, stop, codes, runner = run_in_thread(tmp_path, port)
     senders: set[int] = set()
     messages: list[bytes] = []
     creds = socket.CMSG_SPACE(12)  # struct ucred: pid, uid, gid

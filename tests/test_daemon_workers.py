@@ -280,25 +280,33 @@ def test_a_worker_that_hangs_is_killed_and_the_next_run_gets_a_fresh_one(tmp_pat
 
 
 @contextlib.contextmanager
-def hung_message(tmp_path: Path, relay: CaptureRelay, smtp: str) -> Iterator[tuple[Desk, MaildProcess, Ledger]]:
-    """A daemon (processes = 0, with the ``[smtp]`` lines ``smtp``) whose processing hangs on every
-    message (the ``processing_hangs`` fault), and one customer mail already answered 250."""
+def desk_daemon(tmp_path: Path, relay: CaptureRelay, smtp: str = "") -> Iterator[tuple[Desk, MaildProcess]]:
+    """A SQLite desk with the example directory and its daemon, not started yet (processes = 0,
+    with the ``[smtp]`` lines ``smtp``); killed at the end if still running."""
     port = free_port()
     cfg = write_config(tmp_path, database_url=f"sqlite:///{tmp_path}/maild.db", relay_port=relay.port,
                        extra=f'[smtp]\nlisten = "127.0.0.1:{port}"\n{smtp}')
     desk = Desk(cfg)
     desk.import_directory(REPO / "examples" / "directory.toml")
     proc = MaildProcess(cfg, port, tmp_path / "maild.log")
-    ledger = Ledger()
-    poison = ledger.mail(1, sender="Anna <anna@acme.example>")
     try:
-        proc.start(fault="processing_hangs")
-        assert ledger.record(poison, smtp_send(port, ledger, poison, mail_from="anna@acme.example")) == 250
-        yield desk, proc, ledger
+        yield desk, proc
     finally:
         if proc.proc is not None and proc.proc.poll() is None:
             proc.kill()
         desk.close()
+
+
+@contextlib.contextmanager
+def hung_message(tmp_path: Path, relay: CaptureRelay, smtp: str) -> Iterator[tuple[Desk, MaildProcess, Ledger]]:
+    """A daemon (``desk_daemon``) whose processing hangs on every message (the ``processing_hangs``
+    fault), and one customer mail already answered 250."""
+    with desk_daemon(tmp_path, relay, smtp) as (desk, proc):
+        ledger = Ledger()
+        poison = ledger.mail(1, sender="Anna <anna@acme.example>")
+        proc.start(fault="processing_hangs")
+        assert ledger.record(poison, smtp_send(proc.port, ledger, poison, mail_from="anna@acme.example")) == 250
+        yield desk, proc, ledger
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
@@ -343,25 +351,19 @@ def test_a_message_that_hangs_processing_restarts_the_work_process_until_quarant
 def test_a_killed_work_process_is_started_again_and_intake_never_stops(tmp_path: Path, relay: CaptureRelay) -> None:
     # The OOM killer (or a crash in a C library) takes the work process: the listener answers 250
     # throughout, starts a new work process, and that one processes what was queued meanwhile.
-    port = free_port()
-    cfg = write_config(tmp_path, database_url=f"sqlite:///{tmp_path}/maild.db", relay_port=relay.port,
-                       extra=f'[smtp]\nlisten = "127.0.0.1:{port}"\n')
-    desk = Desk(cfg)
-    desk.import_directory(REPO / "examples" / "directory.toml")
-    proc = MaildProcess(cfg, port, tmp_path / "maild.log")
-    try:
+    with desk_daemon(tmp_path, relay) as (desk, proc):
         proc.start()
         assert proc.proc is not None
         ledger = Ledger()
         senders = ["anna@acme.example", "paula@globex.example"]
-        assert smtp_send(port, ledger, ledger.mail(0, sender=f"C <{senders[0]}>"), mail_from=senders[0]) == 250
+        assert smtp_send(proc.port, ledger, ledger.mail(0, sender=f"C <{senders[0]}>"), mail_from=senders[0]) == 250
         relay.wait_for(1, timeout=30)
         first = work_process(proc.proc.pid)
         assert first is not None
         os.kill(first, signal.SIGKILL)
         for n in range(1, 4):  # at once, while there is no work process
             who = senders[n % 2]
-            assert smtp_send(port, ledger, ledger.mail(n, sender=f"C <{who}>"), mail_from=who) == 250
+            assert smtp_send(proc.port, ledger, ledger.mail(n, sender=f"C <{who}>"), mail_from=who) == 250
         acks = relay.wait_for(4, timeout=60)
         assert len(acks) == 4
         second = work_process(proc.proc.pid)
@@ -371,10 +373,6 @@ def test_a_killed_work_process_is_started_again_and_intake_never_stops(tmp_path:
         counts = check_no_loss(desk.settings.database_url, ledger)
         assert counts["accepted"] == 4
         assert len(desk.cases()) == 4
-    finally:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.kill()
-        desk.close()
 
 
 def test_stopping_while_a_message_hangs_processing_exits_without_waiting_for_it(

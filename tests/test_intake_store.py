@@ -25,7 +25,7 @@ from helpers import Desk, build_mail, mt
 from sqlalchemy import select, text
 
 from maild.db import transaction
-from maild.ingest import intake_store, spool
+from maild.ingest import intake_store, queue, spool
 from maild.ingest.intake_store import IntakeStore, PostgresTarget, Queued, SqliteTarget, parse_url
 from maild.ingest.raw import RawMail
 from maild.models import RawBody, RawMessage
@@ -102,11 +102,14 @@ def test_copies_in_a_batch_and_resends_are_counted_on_the_first_row(desk: Desk, 
             (ids[0][0], 2), (ids[1][0], 1)]
 
 
+@pytest.mark.parametrize("via", ["listener", "daemon"])
 @pytest.mark.parametrize("refusal", ["python", "sql"])
 def test_one_message_that_cannot_be_stored_leaves_the_rest_of_its_batch(
-        desk: Desk, store: IntakeStore, monkeypatch: pytest.MonkeyPatch, refusal: str) -> None:
-    # "sql": a statement fails, which aborts a PostgreSQL transaction: the batch is rolled back and
-    # each message tried on its own, in a savepoint; the refused one gets its error (a 451).
+        desk: Desk, store: IntakeStore, monkeypatch: pytest.MonkeyPatch, refusal: str, via: str) -> None:
+    # The store refuses one message of a group commit, through the listener's own connection or the
+    # one-process daemon's SQLAlchemy transaction (queue.enqueue_batch): that one gets its error (a
+    # 451), the others are committed and processed. "sql": a statement fails, which aborts a
+    # PostgreSQL transaction: the batch is rolled back and each message tried on its own, in a savepoint.
     raws = [smtp_raw(build_mail(subject=f"Batch {n}", message_id=f"<bq{n}@i.example>"), n) for n in range(3)]
     real = intake_store._insert_all
 
@@ -117,17 +120,23 @@ def test_one_message_that_cannot_be_stored_leaves_the_rest_of_its_batch(
             raise RuntimeError("disk says no")
         return real(db, batch)
 
+    def enqueue(batch: list[RawMail]) -> list[Queued | Exception]:
+        return store.enqueue_batch(batch) if via == "listener" else queue.enqueue_batch(desk.factory, batch)
+
     monkeypatch.setattr(intake_store, "_insert_all", refusing)
-    results = store.enqueue_batch(raws)
+    results = enqueue(raws)
     assert isinstance(results[0], Queued) and isinstance(results[2], Queued)
+    # the driver's own error (the insert runs on the DB-API connection): sqlite3's, or psycopg's NotNullViolation
     refused = (sqlite3.IntegrityError, psycopg.IntegrityError) if refusal == "sql" else RuntimeError
     assert isinstance(results[1], refused), results[1]
     with transaction(desk.factory) as s:
         stored = s.scalars(select(RawMessage).order_by(RawMessage.id)).all()
         assert [(r.id, r.data) for r in stored] == [(results[0].raw_id, raws[0].data),
                                                      (results[2].raw_id, raws[2].data)]
+    queue.process_pending(desk.factory, desk.settings)
+    assert sorted(c["subject"] for c in desk.cases()) == ["Batch 0", "Batch 2"]
     monkeypatch.undo()  # the store goes on: the refused message, sent again, is stored
-    [again] = store.enqueue_batch([raws[1]])
+    [again] = enqueue([raws[1]])
     assert isinstance(again, Queued) and not again.duplicate
 
 

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from conftest import REPO
 from faultlib import MaildProcess, free_port
@@ -23,8 +22,8 @@ from sqlalchemy import select, update
 
 from maild import clock
 from maild.db import transaction
-from maild.ingest import intake_store, pipeline, queue
 from maild.ingest import parse as parse_module
+from maild.ingest import pipeline, queue
 from maild.ingest import stamp as stamp_module
 from maild.ingest.queue import Queued, enqueue_batch, process_pending
 from maild.ingest.raw import RawMail
@@ -170,7 +169,6 @@ def test_the_store_refusing_the_queue_insert_is_a_451_and_the_retry_lands_once(s
                                                                               tmp_path: Path) -> None:
     # D4 with the queue: the write lock is held past the busy timeout -> 451 (never 5yz); the retry
     # after it is released is stored and processed once.
-    import sqlite3
 
     from maild.db import make_engine, make_sessionmaker
 
@@ -213,32 +211,6 @@ def test_copies_within_one_batch_and_across_batches_are_one_row(desk: Desk) -> N
     with transaction(desk.factory) as s:
         assert [(r.id, r.duplicates) for r in s.scalars(select(RawMessage).order_by(RawMessage.id))] == [
             (ids[0][0], 2), (ids[1][0], 0)]
-
-
-@pytest.mark.parametrize("refusal", ["python", "sql"])
-def test_one_message_that_cannot_be_queued_leaves_the_rest_of_its_batch(
-        desk: Desk, monkeypatch: pytest.MonkeyPatch, refusal: str) -> None:
-    # The store refuses one message of a group commit: that one gets its error (a 451), the others
-    # are committed and processed. "sql": a statement fails, which aborts a PostgreSQL transaction;
-    # the batch is rolled back and each message tried on its own.
-    raws = [smtp_raw(build_mail(subject=f"Batch {n}", message_id=f"<bq{n}@i.example>"), n) for n in range(3)]
-    real = intake_store._insert_all
-
-    def refusing(db: Any, batch: Any) -> Any:
-        if raws[1] in batch:
-            if refusal == "sql":
-                db.execute("INSERT INTO raw_bodies (id, data) VALUES (NULL, NULL)")
-            raise RuntimeError("disk says no")
-        return real(db, batch)
-
-    monkeypatch.setattr(intake_store, "_insert_all", refusing)
-    results = enqueue_batch(desk.factory, raws)
-    assert isinstance(results[0], Queued) and isinstance(results[2], Queued)
-    # the driver's own error (the insert runs on the DB-API connection): sqlite3's, or psycopg's NotNullViolation
-    refused = (sqlite3.IntegrityError, psycopg.IntegrityError) if refusal == "sql" else RuntimeError
-    assert isinstance(results[1], refused), results[1]
-    process_pending(desk.factory, desk.settings)
-    assert sorted(c["subject"] for c in desk.cases()) == ["Batch 0", "Batch 2"]
 
 
 def test_one_process_works_the_queue_at_a_time(desk: Desk) -> None:
