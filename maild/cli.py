@@ -137,26 +137,31 @@ def _extra_commands(
     commands_more.register(sub, cmd, _add_now)
 
 
-_RUN_FLAGS = frozenset({"-v", "--verbose"})
+def _long_option(item: str, name: str, shortest: int) -> bool:
+    """``item`` is ``name`` or an abbreviation argparse takes for it (at least ``shortest`` long)."""
+    return len(item) >= shortest and name.startswith(item)
 
 
 def _run_only(argv: Sequence[str]) -> argparse.Namespace | None:
-    """``maild [--config P] [-v] run [--config P] [-v]``, parsed without loading the other commands:
-    the listener process ``maild run`` becomes must not load SQLAlchemy (``maild.listener``). None
-    for anything else (``--help`` too), which the whole parser then handles."""
+    """``maild [--config P] [-v] run [--config P]``, parsed without loading the other commands: the
+    listener process ``maild run`` becomes must not load SQLAlchemy (``maild.listener``). Accepts what
+    the whole parser accepts for it (abbreviations too); None for anything else (``--help``, a
+    mistake), which the whole parser then handles."""
     config: str | None = None
     verbose = False
     command = None
     items = iter(argv)
     for item in items:
-        if item in _RUN_FLAGS:
-            verbose = True
-        elif item == "--config":
-            config = next(items, None)
-            if config is None:
+        option, eq, value = item.partition("=")
+        short_v = item[:1] == "-" and set(item[1:]) == {"v"}  # -v, -vv ...
+        if command is None and (short_v or (not eq and _long_option(item, "--verbose", 6))):
+            verbose = True  # a top-level option only; "--vers" would be --version
+        elif _long_option(option, "--config", 3):
+            if not eq:
+                value = next(items, "")
+            if not value or value.startswith("-"):
                 return None
-        elif item.startswith("--config="):
-            config = item.partition("=")[2]
+            config = value
         elif item == "run" and command is None:
             command = item
         else:

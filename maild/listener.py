@@ -96,6 +96,18 @@ async def _serve(settings: Settings, stop: threading.Event) -> int:
     store: IntakeStore | None = None
     try:
         try:
+            store = IntakeStore(settings.database_url)
+        except ValueError as exc:  # an in-memory SQLite store, an unknown kind of database
+            log.error("the store cannot be used: %s", exc)
+            return 1
+        try:  # bound first, so a second `maild run` stops here before it starts any job; accepting
+            # waits until the work process has opened (and migrated) the store
+            server = await start_server(None, settings, queue=work, enqueue=store.enqueue_batch,
+                                        start_serving=False)
+        except Exception as exc:  # port taken, unreadable TLS certificate ...
+            log.error("cannot listen on %s: %s", settings.smtp.listen, exc)
+            return 1
+        try:
             work.start()
         except OSError as exc:
             log.error("cannot start the work process: %s", exc)
@@ -107,19 +119,15 @@ async def _serve(settings: Settings, stop: threading.Event) -> int:
             log.error("the work process could not start (exit %s; its messages are above)", work.returncode)
             await work.stop(0.0)
             return 1
-        try:
-            store = IntakeStore(settings.database_url)
-            server = await start_server(None, settings, queue=work, enqueue=store.enqueue_batch)
-        except Exception as exc:  # port taken, unreadable TLS certificate, the store refuses us ...
-            log.error("cannot listen on %s: %s", settings.smtp.listen, exc)
-            await work.stop(0.0)
-            return 1
+        await server.serve()
+        log.info("SMTP intake accepting on %s", settings.smtp.listen)
         notify(f"READY=1\nSTATUS=accepting mail on {settings.smtp.listen}; work process {work.pid}")
         interval = watchdog_interval()
         dog = asyncio.create_task(watchdog(interval)) if interval else None
         while not stop.is_set():
             await asyncio.sleep(0.1)
-            work.check()
+            if not stop.is_set():  # no new work process for a maild that is stopping
+                work.check()
         log.info("stopping: draining SMTP sessions for up to %ss", settings.smtp.shutdown_grace)
         notify("STOPPING=1\nSTATUS=draining")
         deadline = time.monotonic() + settings.smtp.shutdown_grace  # one budget for DATA and the queue

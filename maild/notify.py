@@ -15,6 +15,8 @@ from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
+NOTIFY_WAIT = 5.0  # seconds a READY/STOPPING/STATUS notification may wait for room in the socket
+
 
 def notify(state: str, env: Mapping[str, str] | None = None) -> bool:
     """Send ``state`` (e.g. ``"READY=1"``) to systemd; False when not under systemd or on error."""
@@ -29,9 +31,12 @@ def notify(state: str, env: Mapping[str, str] | None = None) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(address)
-            # Never wait: this runs on the event loop that serves SMTP. A full socket (its reader
-            # has stopped reading) drops this one notification, logged below.
-            sock.send(state.encode("utf-8"), socket.MSG_DONTWAIT)
+            # This runs on the event loop that serves SMTP. A watchdog ping never waits: a full socket
+            # (its reader has stopped reading) drops that one ping, logged below, and the next one
+            # follows. READY, STOPPING and STATUS happen once and must arrive: they wait, as
+            # libsystemd's sd_notify does, but not for ever.
+            sock.settimeout(0.0 if state.startswith("WATCHDOG=") else NOTIFY_WAIT)
+            sock.send(state.encode("utf-8"))
     except OSError as exc:
         log.warning("sd_notify %s failed: %s", state.split("=", 1)[0], exc)
         return False

@@ -47,6 +47,8 @@ HEARTBEAT_TIMEOUT = 60.0  # no message for this long: the work process is wedged
 RESTART_FIRST = 1.0  # seconds before the first restart; doubled after each quick failure ...
 RESTART_MAX = 30.0  # ... up to this
 HEALTHY_AFTER = 60.0  # a work process that ran this long starts the delays from RESTART_FIRST again
+START_TIMEOUT = 300.0  # a restarted work process not ready by then (a connect that hangs) is killed
+PAUSED = 2.0  # the listener itself ran no check for this long (paused, starved): heartbeats start afresh
 EXIT_STUCK = 70  # maild.daemon's exit when a message hangs processing in its own thread
 STOP_MARGIN = 15.0  # past the grace, before a stopping work process is killed (its own margin is 10 s)
 
@@ -66,7 +68,7 @@ class WorkProcess:
         self._wake_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = asyncio.Event()
-        self._started = self._heard = 0.0
+        self._started = self._heard = self._checked = 0.0
         self._restart_at: float | None = None
         self._delay = RESTART_FIRST
         self._stopping = False
@@ -102,8 +104,14 @@ class WorkProcess:
         self._ready.clear()
         self._started = self._heard = time.monotonic()
         self._restart_at = None
-        self._control.send(("settings", self._settings, self._level))
-        self._loop.add_reader(self._control.fileno(), self._on_control)
+        try:
+            self._control.send(("settings", self._settings, self._level, HEARTBEAT))
+            self._loop.add_reader(self._control.fileno(), self._on_control)
+        except BaseException:  # nothing may be left behind: the next start begins clean
+            self._proc.kill()
+            self._proc.wait()
+            self._close_channels()
+            raise
         log.info("work process %d started", self._proc.pid)
 
     async def wait_ready(self, stop: threading.Event) -> bool:
@@ -132,11 +140,19 @@ class WorkProcess:
         if self._stopping or self._proc is None:
             return
         now = time.monotonic()
+        if now - self._checked > PAUSED:  # we did not run either (SIGSTOP of both, a paused VM): no one
+            self._heard = now            # could have heard the work process, so nothing is held against it
+        self._checked = now
         code = self._proc.poll()
         if code is None:
+            self._on_control()  # what it sent since the last turn of the loop counts
             if self._ready.is_set() and now - self._heard > HEARTBEAT_TIMEOUT:
                 log.critical("work process %d has not answered for %.0f s; killing it", self._proc.pid,
                              now - self._heard)
+                self._proc.kill()
+            elif not self._ready.is_set() and self.restarts and now - self._started > START_TIMEOUT:
+                log.critical("work process %d is not ready after %.0f s; killing it", self._proc.pid,
+                             now - self._started)
                 self._proc.kill()
             return
         if self._restart_at is None:
@@ -145,12 +161,13 @@ class WorkProcess:
             # A hung message (70) ran its process_timeout first and is quarantined after 3 runs: no
             # need to slow down. Quick failures otherwise (the store is down ...) double the delay.
             quick = ran < HEALTHY_AFTER and code != EXIT_STUCK
-            self._delay = min(RESTART_MAX, self._delay * 2) if quick else RESTART_FIRST
+            delay = self._delay if quick else RESTART_FIRST
+            self._delay = min(RESTART_MAX, delay * 2)  # for the next quick failure
             why = "a message hung processing" if code == EXIT_STUCK else (
                 f"killed by signal {-code}" if code < 0 else f"exit {code}")
             log.critical("work process %d stopped after %.0f s (%s); starting it again in %.0f s while intake "
-                         "goes on into the queue", self._proc.pid, ran, why, self._delay)
-            self._restart_at = now + self._delay
+                         "goes on into the queue", self._proc.pid, ran, why, delay)
+            self._restart_at = now + delay
         elif now >= self._restart_at:
             self.restarts += 1
             try:
@@ -218,9 +235,10 @@ def _child_env() -> dict[str, str]:
 class Parent:
     """The work process's side, for ``maild.daemon``'s event loop."""
 
-    def __init__(self, control: Connection, wake_fd: int) -> None:
+    def __init__(self, control: Connection, wake_fd: int, heartbeat: float = HEARTBEAT) -> None:
         self._control = control
         self._wake_fd = wake_fd
+        self._heartbeat_every = heartbeat
         self._grace: float | None = None
         self._beat: asyncio.Task[None] | None = None
 
@@ -274,13 +292,13 @@ class Parent:
     async def _heartbeat(self) -> None:
         while True:
             self._send(("alive",))
-            await asyncio.sleep(HEARTBEAT)
+            await asyncio.sleep(self._heartbeat_every)
 
 
 def main(argv: list[str]) -> int:
     """The work process: ``python -c <_ENTRY> CONTROL_FD WAKE_FD``, started by ``WorkProcess``."""
     control = Connection(int(argv[0]))
-    _, settings, level = control.recv()
+    _, settings, level, heartbeat = control.recv()
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):  # systemd hears the listener only
         os.environ.pop(name, None)
     # Ctrl-C in a terminal reaches the whole process group: the listener drains SMTP first, then
@@ -290,4 +308,4 @@ def main(argv: list[str]) -> int:
     from maild.logs import setup_logging
 
     setup_logging(level)
-    return run(settings, parent=Parent(control, int(argv[1])))
+    return run(settings, parent=Parent(control, int(argv[1]), heartbeat))

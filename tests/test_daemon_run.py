@@ -154,8 +154,11 @@ def test_250_means_the_bytes_are_in_the_store(tmp_path: Path) -> None:
     assert codes == [0]
 
 
-def test_port_in_use_returns_1(tmp_path: Path) -> None:
-    # A listener that cannot bind is a start-up failure: exit 1 so systemd restarts us later.
+def test_port_in_use_returns_1(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A listener that cannot bind is a start-up failure: exit 1 so systemd restarts us later. The
+    # port is bound first, so a second `maild run` starts no work process: no scheduler step, no
+    # sending, beside the maild that runs.
+    caplog.set_level("INFO")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -163,6 +166,8 @@ def test_port_in_use_returns_1(tmp_path: Path) -> None:
         settings = Settings(smtp=SmtpSettings(listen=f"127.0.0.1:{port}"),
                             paths=PathSettings(data=str(tmp_path)), base_dir=str(tmp_path))
         assert listener.run(settings, stop_event=threading.Event()) == 1
+    assert "cannot listen on" in caplog.text
+    assert "work process" not in caplog.text
 
 
 def test_maild_run_exits_0_on_sigterm(tmp_path: Path) -> None:
@@ -284,3 +289,26 @@ def test_the_listener_process_takes_mail_without_loading_sqlalchemy_or_the_pipel
     heavy = [m for m in loaded if m.split(".")[0] in ("sqlalchemy", "alembic", "mailparser", "jinja2", "holidays")
              or m in ("maild.db", "maild.models", "maild.ingest.pipeline", "maild.daemon")]
     assert heavy == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["run"], ["-v", "run"], ["--verbose", "run"], ["--verb", "run"], ["-v", "-v", "run"],
+    ["--config", "x.toml", "run"], ["--config=x.toml", "run"], ["--conf", "x.toml", "run"], ["--c", "x.toml", "run"],
+    ["run", "--config", "x.toml"], ["run", "--conf=x.toml"], ["-v", "--config", "a", "run", "--config", "b"],
+    ["run", "-v"], ["run", "--verbose"], ["--config", "-v", "run"], ["run", "--config"], ["run", "extra"],
+    ["--ver", "run"], ["--vers", "run"], ["--help"], ["run", "--help"], ["-vv", "run"], ["-", "run"], ["cases", "list"],
+])
+def test_maild_run_is_parsed_as_the_whole_command_line_parses_it(argv: list[str]) -> None:
+    # `maild run` skips loading the other commands (the listener must stay small), yet reads its
+    # arguments exactly as the whole parser does, or leaves them to it (help, mistakes, other commands).
+    from maild import cli
+
+    mine = cli._run_only(argv)
+    try:
+        args = cli.build_parser().parse_args(argv)
+        whole: object = (args.command, getattr(args, "config", None), args.verbose)
+    except SystemExit as exc:
+        whole = f"exit {exc.code}"
+    assert mine is None or (mine.command, mine.config, mine.verbose) == whole
+    if isinstance(whole, tuple) and whole[0] == "run":
+        assert mine is not None  # every `maild ... run` the whole parser takes goes the short way

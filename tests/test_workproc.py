@@ -39,8 +39,10 @@ async def until(what: str, check: object, work: WorkProcess, timeout: float = 30
 
 def test_a_wedged_work_process_is_killed_and_started_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            caplog: pytest.LogCaptureFixture) -> None:
-    # Alive but silent (SIGSTOP): no heartbeat for HEARTBEAT_TIMEOUT, so the listener kills it and
-    # starts a new one, which opens the same store and is ready.
+    # Heartbeats every 0.5 s (the interval goes to the work process with its settings) keep a healthy
+    # work process for longer than the 3 s timeout; alive but silent (SIGSTOP), it is killed after the
+    # timeout, and a new one opens the same store and is ready.
+    monkeypatch.setattr(workproc, "HEARTBEAT", 0.5)
     monkeypatch.setattr(workproc, "HEARTBEAT_TIMEOUT", 3.0)
     caplog.set_level(logging.INFO, logger="maild.workproc")
 
@@ -50,6 +52,9 @@ def test_a_wedged_work_process_is_killed_and_started_again(tmp_path: Path, monke
         assert await work.wait_ready(threading.Event())
         first = work.pid
         assert first is not None
+        healthy_until = time.monotonic() + 5
+        await until("5 s of a healthy work process", lambda: time.monotonic() > healthy_until, work)
+        assert (work.restarts, work.pid) == (0, first)
         os.kill(first, signal.SIGSTOP)
         try:
             await until("a second work process", lambda: work.restarts == 1, work, timeout=30)
@@ -63,7 +68,33 @@ def test_a_wedged_work_process_is_killed_and_started_again(tmp_path: Path, monke
     assert code == 0  # the second one stopped in order
     assert "has not answered for" in caplog.text
     assert f"work process {first} stopped after" in caplog.text and "killed by signal 9" in caplog.text
-    assert not Path(f"/proc/{first}").exists() or "zombie" in Path(f"/proc/{first}/status").read_text()
+
+
+def test_a_pause_of_both_processes_is_not_held_against_the_work_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SIGSTOP of the whole service (Ctrl-Z, a frozen cgroup, a paused VM): the listener ran no check
+    # either, so when both go on, the silence is not the work process's fault and it is kept.
+    monkeypatch.setattr(workproc, "HEARTBEAT", 0.5)
+    monkeypatch.setattr(workproc, "HEARTBEAT_TIMEOUT", 3.0)
+
+    async def scenario() -> tuple[int | None, int | None, int]:
+        work = WorkProcess(settings_for(tmp_path), logging.INFO)
+        work.start()
+        assert await work.wait_ready(threading.Event())
+        first = work.pid
+        assert first is not None
+        work.check()
+        os.kill(first, signal.SIGSTOP)
+        time.sleep(4)  # the "listener" (this loop) is paused too: no check runs
+        os.kill(first, signal.SIGCONT)
+        later = time.monotonic() + 3
+        await until("3 s after the pause", lambda: time.monotonic() > later, work)
+        pid, restarts = work.pid, work.restarts
+        await work.stop(2.0)
+        return first, pid, restarts
+
+    first, pid, restarts = asyncio.run(scenario())
+    assert (pid, restarts) == (first, 0)
 
 
 def test_quick_failures_back_off_and_a_store_it_cannot_open_never_becomes_ready(tmp_path: Path) -> None:

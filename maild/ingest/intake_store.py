@@ -277,7 +277,11 @@ def _write_pieces(db: _Db, table: str, column: str, key_column: str, key: object
                 written += len(chunk)
     else:
         # Rows go at commit; the DELETE below empties it for the next value in the same transaction.
-        db.execute("CREATE TEMPORARY TABLE IF NOT EXISTS maild_pieces (data bytea) ON COMMIT DELETE ROWS")
+        # STORAGE EXTERNAL: copied on as it is, the value would keep pglz's compression in raw_bodies,
+        # whose column is EXTERNAL (migration 0006) so that it is read in slices without decompressing.
+        if db.execute("SELECT to_regclass('pg_temp.maild_pieces')") == [(None,)]:
+            db.execute("CREATE TEMPORARY TABLE maild_pieces (data bytea) ON COMMIT DELETE ROWS")
+            db.execute("ALTER TABLE maild_pieces ALTER COLUMN data SET STORAGE EXTERNAL")
         with db.conn.cursor() as cursor, cursor.copy("COPY maild_pieces (data) FROM STDIN (FORMAT BINARY)") as copy:
             copy.write(_COPY_HEADER + struct.pack("!hi", 1, size))
             for chunk in chunks:
@@ -337,8 +341,10 @@ def parse_url(url: str) -> SqliteTarget | PostgresTarget:
     if scheme == "sqlite":
         if match["query"]:
             raise ValueError("query parameters in a SQLite database URL are not supported by the intake store")
-        database = database or ":memory:"
-        return SqliteTarget(database, uri=database.startswith("file:"))
+        if not database or database == ":memory:":
+            raise ValueError("an in-memory SQLite store cannot be shared by maild's listener and work process: "
+                             "give the database a file")
+        return SqliteTarget(database, uri=False)  # a path, as SQLAlchemy reads it, "file:x" too
     if scheme != "postgresql":
         raise ValueError(f"unsupported database URL scheme {match['scheme']!r}")
     params: dict[str, str] = {}

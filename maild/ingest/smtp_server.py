@@ -192,6 +192,10 @@ class IntakeServer:
     def port(self) -> int:
         return int(self._server.sockets[0].getsockname()[1])
 
+    async def serve(self) -> None:
+        """Start accepting connections (a server started with ``start_serving=False``)."""
+        await self._server.start_serving()
+
     async def shutdown(self, grace: float) -> None:
         """Stop accepting; 421 to idle sessions; give in-flight DATA ``grace`` seconds (D9)."""
         self._server.close()
@@ -228,10 +232,12 @@ def split_listen(listen: str) -> tuple[str, int]:
 async def start_server(factory: sessionmaker[DbSession] | None, settings: Settings, *,
                        ingest_fn: IngestFn | None = None, listen: str | None = None,
                        max_connections: int = MAX_CONNECTIONS, pool: IntakePool | None = None,
-                       queue: Waker | None = None, enqueue: EnqueueFn | None = None) -> IntakeServer:
+                       queue: Waker | None = None, enqueue: EnqueueFn | None = None,
+                       start_serving: bool = True) -> IntakeServer:
     """Bind the listener on the running loop (``listen`` defaults to ``[smtp] listen``). With
     ``queue``, mail is committed to the queue (by ``enqueue``, or on ``factory``'s engine) and
-    ``queue`` is woken after each commit; ``factory`` may then be None."""
+    ``queue`` is woken after each commit; ``factory`` may then be None. With ``start_serving=False``
+    the port is bound (taken, or refused now) but connections wait for ``IntakeServer.serve``."""
     host, port = split_listen(listen or settings.smtp.listen)
     handler = IntakeHandler(factory, settings, ingest_fn=ingest_fn, pool=pool, queue=queue, enqueue=enqueue)
     tls = make_tls_context(settings)
@@ -249,7 +255,7 @@ async def start_server(factory: sessionmaker[DbSession] | None, settings: Settin
             require_starttls=settings.smtp.require_tls, timeout=settings.smtp.data_timeout,
             auth_exclude_mechanism=("LOGIN", "PLAIN"), loop=loop)
 
-    server = await loop.create_server(protocol, host, port, reuse_address=True)
+    server = await loop.create_server(protocol, host, port, reuse_address=True, start_serving=start_serving)
     log.info("SMTP intake listening on %s:%s", host, server.sockets[0].getsockname()[1])
     return IntakeServer(server, sessions)
 
