@@ -49,7 +49,7 @@ EnqueueFn = Callable[[Sequence[RawMail]], "Sequence[Queued | Exception]"]
 
 class Waker(Protocol):
     """What runs the queue: told after each commit that there is mail to process (``QueueRunner``, or
-    the pipe to the work process in ``maild.listener``)."""
+    ``maild.workproc.WorkProcess``, the pipe to the work process beside the listener)."""
 
     def wake(self) -> None: ...
 
