@@ -291,9 +291,9 @@ def test_a_batch_through_the_lean_store_loads_no_sqlalchemy(desk: Desk) -> None:
 
 
 @pytest.mark.parametrize(("url", "target"), [
-    ("sqlite:///var/maild.db", SqliteTarget("var/maild.db", uri=False)),
-    ("sqlite:////var/lib/maild/maild.db", SqliteTarget("/var/lib/maild/maild.db", uri=False)),
-    ("sqlite:///file:x.db", SqliteTarget("file:x.db", uri=False)),  # a file of that name, as for SQLAlchemy
+    ("sqlite:///var/maild.db", SqliteTarget("var/maild.db")),
+    ("sqlite:////var/lib/maild/maild.db", SqliteTarget("/var/lib/maild/maild.db")),
+    ("sqlite:///file:x.db", SqliteTarget("file:x.db")),  # a file of that name, as for SQLAlchemy
     ("postgresql+psycopg://maild:s%40cret@db.example:5433/desk",
      PostgresTarget({"user": "maild", "password": "s@cret", "host": "db.example", "port": "5433", "dbname": "desk"})),
     ("postgresql+psycopg://maild@/desk?host=/run/postgresql",

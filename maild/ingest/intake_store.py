@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
+from maild import clock
 from maild.faults import fault_point
 from maild.locks import WriterLock, lock_path
 
@@ -208,20 +209,9 @@ def _insert_rows(db: _Db, fresh: Sequence[RawMail]) -> dict[str, int]:
 
 
 def _received(fresh: Sequence[RawMail]) -> list[datetime]:
-    """When each message arrived; now for one without a time (the listener stamps every message, so
-    it never loads ``maild.clock``, whose ``holidays`` would cost it 9 MiB)."""
-    now: datetime | None = None
-    arrived: list[datetime] = []
-    for raw in fresh:
-        if raw.received_at is not None:
-            arrived.append(raw.received_at)
-            continue
-        if now is None:
-            from maild import clock
-
-            now = clock.now()
-        arrived.append(now)
-    return arrived
+    """When each message arrived; now for one without a time (the listener stamps every message)."""
+    now = clock.now()
+    return [raw.received_at or now for raw in fresh]
 
 
 def _stored_copies(db: _Db, copies: Sequence[RawMail]) -> dict[str, int]:
@@ -330,8 +320,7 @@ _URL = re.compile(r"""
 
 @dataclass(frozen=True)
 class SqliteTarget:
-    database: str  # a path (relative to the working directory, as SQLAlchemy takes it), or ":memory:"
-    uri: bool  # database is a "file:" URI
+    database: str  # a file's path, relative to the working directory as SQLAlchemy takes it ("file:x" too)
 
 
 @dataclass(frozen=True)
@@ -346,7 +335,8 @@ class PostgresTarget:
 
 def parse_url(url: str) -> SqliteTarget | PostgresTarget:
     """maild's ``database_url`` (SQLAlchemy's syntax) as what a DB-API driver connects to:
-    ``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``sqlite://`` (in memory);
+    ``sqlite:///relative.db``, ``sqlite:////absolute.db`` (not in memory: the work process could not
+    share it);
     ``postgresql[+driver]://user:password@host:port/database?key=value`` (query keys are libpq's,
     ``host=/run/postgresql`` for a socket directory; a key given twice is joined with commas, as
     SQLAlchemy does for several hosts)."""
@@ -361,7 +351,7 @@ def parse_url(url: str) -> SqliteTarget | PostgresTarget:
         if not database or database == ":memory:":
             raise ValueError("an in-memory SQLite store cannot be shared by maild's listener and work process: "
                              "give the database a file")
-        return SqliteTarget(database, uri=False)  # a path, as SQLAlchemy reads it, "file:x" too
+        return SqliteTarget(database)
     if scheme != "postgresql":
         raise ValueError(f"unsupported database URL scheme {match['scheme']!r}")
     params: dict[str, str] = {}
@@ -410,8 +400,7 @@ class IntakeStore:
         self._one_batch = threading.Lock()
         self._writer: WriterLock | None = None
         if isinstance(self.target, SqliteTarget):
-            self._writer = WriterLock(None if self.target.uri else lock_path(self.target.database),
-                                      busy_timeout_ms / 1000)
+            self._writer = WriterLock(lock_path(self.target.database), busy_timeout_ms / 1000)
 
     def __enter__(self) -> IntakeStore:
         return self
@@ -463,12 +452,11 @@ class IntakeStore:
     def _connect_sqlite(self) -> sqlite3.Connection:
         assert isinstance(self.target, SqliteTarget)
         database = self.target.database
-        if database != ":memory:" and not self.target.uri:
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: the module begins nothing itself, BEGIN IMMEDIATE is ours.
         # check_same_thread=False: batches come from asyncio.to_thread's threads, one at a time.
         conn = sqlite3.connect(database, timeout=self._busy_timeout_ms / 1000, isolation_level=None,
-                               check_same_thread=False, uri=self.target.uri)
+                               check_same_thread=False)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
