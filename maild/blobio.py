@@ -3,9 +3,9 @@
 
 SQLite: the row gets ``zeroblob(size)`` and the bytes go in through incremental blob I/O
 (``sqlite3.Connection.blobopen``), read back the same way. PostgreSQL has no such handle for
-``bytea``; the value is built by appending pieces (``col || :piece``) in the same transaction, and
-read back with ``substring``. Writes work on the caller's connection, inside its transaction, so the
-value commits (or not) with the rest of the row; reads take their own snapshot.
+``bytea``; the value is streamed in with binary ``COPY`` (``write_pieces`` says how) and read back
+with ``substring``. Writes work on the caller's connection, inside its transaction, so the value
+commits (or not) with the rest of the row; reads take their own snapshot.
 
 The writing is ``maild.ingest.intake_store.write_pieces``, on the DB-API connection: the SMTP
 listener's process writes a large message's bytes without SQLAlchemy, and the algorithm exists once.

@@ -249,9 +249,12 @@ async def _serve(settings: Settings, factory: sessionmaker[Session], stop: threa
         if pool is not None:
             await asyncio.to_thread(pool.close)
         # After a hang the stuck thread may hold SQLite's write lock, which the jobs' next steps need.
-        # In the work process, within what is left of the listener's grace: it kills us STOP_MARGIN later.
-        join = (max(1.0, deadline - time.monotonic()) if parent is not None else settings.smtp.shutdown_grace
-                ) if stuck is None else 1.0
+        if stuck is not None:
+            join = 1.0
+        elif parent is not None:  # within what is left of the listener's grace: it kills us later
+            join = max(1.0, deadline - time.monotonic())
+        else:
+            join = settings.smtp.shutdown_grace
         until = time.monotonic() + join  # one budget for all the jobs, not one each
         for thread in workers:
             await asyncio.to_thread(thread.join, max(0.1, until - time.monotonic()))
